@@ -1,0 +1,162 @@
+"""The library's frame types: pinhole intrinsics and one registered RGB-D frame.
+
+Conventions (REP 103/118, ``sensor_msgs/CameraInfo``):
+
+* Pixel ``(u, v)`` are 0-based column/row indices at pixel *centres*; the camera optical frame has
+  x right, y down, z forward, so a pixel back-projects to ``((u - cx) z / fx, (v - cy) z / fy, z)``.
+* Depth inside the library is float32 metres with NaN for "no measurement". Sensor encodings
+  (16UC1 millimetres with 0 = invalid, 32FC1 metres with NaN/inf/0 = invalid) become that here, once,
+  through :func:`depth_to_metres`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of an image of ``width`` × ``height`` pixels (focal lengths and centre in pixels)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite([self.fx, self.fy, self.cx, self.cy]).all() and self.fx > 0 and self.fy > 0):
+            raise ValueError(f"CameraIntrinsics needs finite fx, fy > 0 and finite cx, cy; got {self}")
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise ValueError(f"CameraIntrinsics needs a positive image size; got {self.width}x{self.height}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+
+    @classmethod
+    def nyu_kinect(cls, width: int = 640, height: int = 480) -> CameraIntrinsics:
+        """The NYUv2 Kinect colour camera (the toolbox's calibration at 640×480), scaled to ``width``×``height``."""
+        base = cls(fx=518.857901, fy=519.469611, cx=325.582449, cy=253.736166, width=640, height=480)
+        return base if (width, height) == (640, 480) else base.scaled(width, height)
+
+    @classmethod
+    def from_camera_info(cls, msg: Any) -> CameraIntrinsics:
+        """From a ``sensor_msgs/msg/CameraInfo`` (anything with ``k``, ``width``, ``height``).
+
+        Uses the 3×3 ``K`` of the (distorted) image, as REP 104 defines it for registered depth.
+        """
+        k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+        if k.size != 9:
+            raise ValueError(f"CameraInfo.k must have 9 elements, got {k.size}")
+        if k[0] <= 0 or k[4] <= 0:
+            raise ValueError("CameraInfo has an uncalibrated K (fx or fy is 0): cannot back-project depth")
+        return cls(fx=k[0], fy=k[4], cx=k[2], cy=k[5], width=int(msg.width), height=int(msg.height))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The 3×3 camera matrix K (float64)."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    def scaled(self, width: int, height: int) -> CameraIntrinsics:
+        """Intrinsics of the same view resized to ``width`` × ``height`` (pixel-centre convention).
+
+        A pixel centre ``u`` maps to ``(u + 0.5) * sx - 0.5`` with ``sx = width / self.width``.
+        """
+        sx, sy = width / self.width, height / self.height
+        return CameraIntrinsics(
+            fx=self.fx * sx,
+            fy=self.fy * sy,
+            cx=(self.cx + 0.5) * sx - 0.5,
+            cy=(self.cy + 0.5) * sy - 0.5,
+            width=width,
+            height=height,
+        )
+
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> CameraIntrinsics:
+        """Intrinsics of the window ``[y0:y0+height, x0:x0+width]`` (offsets may be negative for padding)."""
+        return CameraIntrinsics(fx=self.fx, fy=self.fy, cx=self.cx - x0, cy=self.cy - y0, width=width, height=height)
+
+    def flipped(self) -> CameraIntrinsics:
+        """Intrinsics of the horizontally mirrored image, for a mirrored scene (x → −x): ``cx' = W − 1 − cx``."""
+        return CameraIntrinsics(
+            fx=self.fx, fy=self.fy, cx=self.width - 1 - self.cx, cy=self.cy, width=self.width, height=self.height
+        )
+
+
+def depth_to_metres(depth: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Convert a sensor depth image to float32 metres with NaN for every invalid pixel.
+
+    Args:
+        depth: H×W array. Integer types (16UC1) are millimetres by default with 0 = invalid; float types
+            (32FC1) are metres with NaN, ±inf and values ≤ 0 invalid.
+        scale: metres per unit, overriding the default (0.001 for integers, 1.0 for floats).
+    """
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[:, :, 0]
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be a single-channel H×W image, got shape {depth.shape}")
+    if np.issubdtype(depth.dtype, np.integer):
+        unit = 0.001 if scale is None else scale
+    elif np.issubdtype(depth.dtype, np.floating):
+        unit = 1.0 if scale is None else scale
+    else:
+        raise TypeError(f"depth must be an integer (e.g. 16UC1 mm) or float (32FC1 m) image, got {depth.dtype}")
+    if not unit > 0:
+        raise ValueError(f"depth scale must be > 0 metres per unit, got {unit}")
+    metres = depth.astype(np.float32) * np.float32(unit)
+    with np.errstate(invalid="ignore"):
+        metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+    return metres
+
+
+@dataclass
+class RGBDFrame:
+    """One registered RGB-D frame.
+
+    Attributes:
+        rgb: uint8 H×W×3, RGB order.
+        depth: float32 H×W, metres, NaN = no measurement; registered to ``rgb`` (same pixel grid).
+        intrinsics: of the colour image (and hence of the registered depth), ``width``×``height`` = W×H.
+        stamp_ns: acquisition time in nanoseconds (the colour image's header stamp).
+        frame_id: the optical frame of the colour camera.
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    intrinsics: CameraIntrinsics
+    stamp_ns: int = 0
+    frame_id: str = "camera_color_optical_frame"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rgb, depth = np.asarray(self.rgb), np.asarray(self.depth)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"RGBDFrame.rgb must be uint8 H×W×3, got {rgb.dtype} {rgb.shape}")
+        if depth.dtype != np.float32 or depth.ndim != 2:
+            raise ValueError(
+                f"RGBDFrame.depth must be float32 H×W metres (convert with depth_to_metres), got {depth.dtype} "
+                f"{depth.shape}"
+            )
+        if rgb.shape[:2] != depth.shape:
+            raise ValueError(
+                f"RGBDFrame: rgb is {rgb.shape[1]}x{rgb.shape[0]} but depth is {depth.shape[1]}x{depth.shape[0]}; "
+                "depth must be registered to the colour image (resize it with the intrinsics first)"
+            )
+        if (self.intrinsics.width, self.intrinsics.height) != (rgb.shape[1], rgb.shape[0]):
+            raise ValueError(
+                f"RGBDFrame: intrinsics are for {self.intrinsics.width}x{self.intrinsics.height} but the images are "
+                f"{rgb.shape[1]}x{rgb.shape[0]}"
+            )
+        self.rgb, self.depth = rgb, depth
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
