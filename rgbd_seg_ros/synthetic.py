@@ -75,6 +75,7 @@ class Scene:
         instance: int16 H×W index into ``objects`` (−1 = room surface: floor, wall or ceiling).
         objects: the furniture boxes, in world coordinates.
         world_from_camera: 4×4 rigid transform from the camera optical frame to the world frame.
+        room: (lo, hi) corners of the room box in world coordinates (m).
     """
 
     frame: RGBDFrame
@@ -86,6 +87,7 @@ class Scene:
     instance: np.ndarray
     objects: list[SceneObject] = field(default_factory=list)
     world_from_camera: np.ndarray = field(default_factory=lambda: np.eye(4))
+    room: tuple[np.ndarray, np.ndarray] = (np.zeros(3), np.zeros(3))
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -215,6 +217,7 @@ class SceneGenerator:
             instance=inst,
             objects=list(objects),
             world_from_camera=world_from_camera,
+            room=(np.asarray(room_lo, float), np.asarray(room_hi, float)),
         )
 
     def _screen_window(self, obj: SceneObject, cam_pos: np.ndarray, r_wc: np.ndarray):
