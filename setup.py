@@ -37,8 +37,9 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "matplotlib>=3.7",
-        "rosbags>=0.10",
+        "rosbags>=0.11",
         "h5py>=3.9",
+        "pillow>=9",
         "onnx>=1.16",
         "onnxruntime>=1.18",
         # Pinned for x86_64, the platform this package is tested on; on aarch64 (Jetson) install torch from
@@ -56,7 +57,7 @@ setup(
             "ros-std-msgs; platform_machine == 'x86_64'",
             "ros-diagnostic-msgs; platform_machine == 'x86_64'",
         ],
-        "test": ["pytest>=8", "ruff>=0.6", "torchmetrics>=1.4", "onnxscript>=0.1"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "torchmetrics>=1.4", "onnxscript>=0.1"],
         "train": ["tensorboard>=2.14"],
     },
     zip_safe=False,
@@ -67,6 +68,7 @@ setup(
     entry_points={
         "console_scripts": [
             "rgbd-seg = rgbd_seg_ros.cli:main",
+            "rgbd_seg_node = rgbd_seg_ros.ros.node:main",
         ],
     },
 )

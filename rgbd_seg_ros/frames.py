@@ -160,3 +160,20 @@ class RGBDFrame:
     @property
     def width(self) -> int:
         return int(self.rgb.shape[1])
+
+    def resized(self, height: int, width: int) -> RGBDFrame:
+        """The frame resampled to ``height`` × ``width``, intrinsics following.
+
+        Colour is interpolated (area when shrinking, bilinear when enlarging); depth takes the nearest sample
+        so that holes and depth edges are not smeared into invented values. ``meta`` is carried over unchanged.
+        """
+        import cv2
+
+        if (height, width) == (self.height, self.width):
+            return self
+        shrink = height * width < self.height * self.width
+        rgb = cv2.resize(self.rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        depth = cv2.resize(self.depth, (width, height), interpolation=cv2.INTER_NEAREST)
+        return RGBDFrame(
+            rgb, depth, self.intrinsics.scaled(width, height), self.stamp_ns, self.frame_id, dict(self.meta)
+        )

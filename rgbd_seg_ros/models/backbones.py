@@ -115,6 +115,8 @@ class ResNet(nn.Module):
         multi_grid: per-block dilation multipliers of layer4 (DeepLabV3 "multi-grid"), e.g. (1, 2, 4).
         in_channels: input channels of the stem (3 for RGB, 1 for a depth branch).
         stem_width: width of the first deep-stem convs (the stem outputs ``2 * stem_width`` channels).
+        width: channels of layer1's 3×3 convs (64 in every ResNet; stages use w, 2w, 4w, 8w and the 7×7 stem
+            outputs w). Smaller values give compact trunks for CPU robots (no ImageNet weights fit them).
         block_factory: builds each block as ``factory(stage, index, inplanes, planes, stride, dilation,
             downsample)``; lets a model swap a block type (e.g. S-Conv bottlenecks) while keeping keys.
 
@@ -130,6 +132,7 @@ class ResNet(nn.Module):
         multi_grid: Sequence[int] = (1, 1, 1),
         in_channels: int = 3,
         stem_width: int = 32,
+        width: int = 64,
         norm_layer: NormLayer = nn.BatchNorm2d,
         block_factory: Callable[..., nn.Module] | None = None,
     ) -> None:
@@ -142,9 +145,9 @@ class ResNet(nn.Module):
         self.norm_layer = norm_layer
         self.relu = nn.ReLU(inplace=True)
         if stem == "torchvision":
-            self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-            self.bn1 = norm_layer(64)
-            self.inplanes = 64
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+            self.bn1 = norm_layer(width)
+            self.inplanes = width
         elif stem == "deep":
             self.conv1 = conv3x3(in_channels, stem_width * 2, stride=2)
             self.bn1 = norm_layer(stem_width * 2)
@@ -160,7 +163,7 @@ class ResNet(nn.Module):
         self.stages = tuple(stages) if stages is not None else stage_strides(output_stride)
         self.output_stride = 4 * math.prod(s for s, _ in self.stages)  # plain ints: works under torch.device('meta')
         factory = block_factory or self._default_block
-        widths = (64, 128, 256, 512)
+        widths = (width, 2 * width, 4 * width, 8 * width)
         for i, (planes, n, (stride, dilation)) in enumerate(zip(widths, _LAYERS[depth], self.stages)):
             grid = multi_grid if i == 3 else (1,) * n
             layer = self._make_layer(i + 1, factory, planes, n, stride, dilation, grid)

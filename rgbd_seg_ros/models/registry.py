@@ -15,7 +15,14 @@ from torch import nn
 from rgbd_seg_ros.depth.encode import InputSpec
 
 # Modules that register models; each is imported on first use of the registry.
-_MODEL_MODULES: tuple[str, ...] = ("rgbd_seg_ros.models.sgnet",)
+_MODEL_MODULES: tuple[str, ...] = (
+    "rgbd_seg_ros.models.sgnet",
+    "rgbd_seg_ros.models.sagate",
+    "rgbd_seg_ros.models.acnet",
+    "rgbd_seg_ros.models.adapnet",
+    "rgbd_seg_ros.models.ssma",
+    "rgbd_seg_ros.models.gff",
+)
 
 
 @dataclass(frozen=True)

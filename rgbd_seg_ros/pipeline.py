@@ -1,0 +1,278 @@
+"""The Segmenter: the one inference path from an RGBDFrame to a label image.
+
+The ROS node, the bag replay and the offline evaluation all call :class:`Segmenter`, so a model sees exactly
+the same preprocessing everywhere:
+
+    resize (intrinsics follow) → depth fill → encode per the model's InputSpec → backend → logits
+    → upsample to the frame size → softmax / argmax
+
+Training uses the same :func:`rgbd_seg_ros.depth.encode.encode_frame` on its augmented frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rgbd_seg_ros.backends import Backend, OnnxRuntimeBackend, TorchBackend, read_onnx_metadata
+from rgbd_seg_ros.depth.encode import InputSpec, encode_frame
+from rgbd_seg_ros.frames import RGBDFrame
+from rgbd_seg_ros.labels import LabelSet, get_label_set
+
+STAGES = ("resize", "fill", "encode", "transfer", "model", "postprocess")
+
+
+@dataclass
+class Segmentation:
+    """Result for one frame, at the frame's resolution.
+
+    Attributes:
+        labels: H×W uint8 (uint16 for > 255 classes) train ids of ``label_set``.
+        confidence: H×W float32 in [0, 1], the softmax probability of the chosen class.
+        timings: milliseconds per stage (:data:`STAGES`) and ``total``.
+        class_probabilities: K×H×W float32 softmax, only when requested.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    class_probabilities: np.ndarray | None = None
+
+
+def flip_frame(frame: RGBDFrame) -> RGBDFrame:
+    """The horizontally mirrored frame (a mirrored scene: intrinsics follow, x → −x)."""
+    return replace(
+        frame,
+        rgb=np.ascontiguousarray(frame.rgb[:, ::-1]),
+        depth=np.ascontiguousarray(frame.depth[:, ::-1]),
+        intrinsics=frame.intrinsics.flipped(),
+        meta=dict(frame.meta),
+    )
+
+
+class Segmenter:
+    """Runs a segmentation model on RGB-D frames.
+
+    Args:
+        backend: a :class:`~rgbd_seg_ros.backends.Backend` (torch or ONNX Runtime).
+        input_spec: the model's inputs (depth encoding, channel order, normalisation, size divisor).
+        label_set: the classes the model predicts (``num_classes`` must match the logits).
+        model_name: for logs and diagnostics.
+        input_size: (height, width) the model runs at; None = the frame's size. Either is rounded to the
+            model's ``size_divisor``.
+        depth_fill: ``"fast"``, ``"colorization"`` or ``"none"`` (see ``depth/completion.py``).
+        metadata: the checkpoint metadata (kept for export and reports).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        input_spec: InputSpec,
+        label_set: LabelSet,
+        model_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        depth_fill: str = "fast",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if depth_fill not in ("fast", "colorization", "none"):
+            raise ValueError(f"depth_fill must be 'fast', 'colorization' or 'none', got {depth_fill!r}")
+        self.backend = backend
+        self.input_spec = input_spec
+        self.label_set = label_set
+        self.model_name = model_name
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.depth_fill = depth_fill
+        self.metadata = dict(metadata or {})
+        self.labels_dtype = np.uint8 if label_set.num_classes <= 255 else np.uint16
+
+    # -- construction -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        backend: str = "torch",
+        input_size: tuple[int, int] | None = None,
+        depth_fill: str = "fast",
+        compile: bool = False,
+    ) -> Segmenter:
+        """Load a checkpoint (``.safetensors`` + JSON metadata from ``save_checkpoint``) or an exported ``.onnx``.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: the file is not a checkpoint of a registered model.
+        """
+        path = Path(path)
+        if backend == "onnxruntime" or path.suffix == ".onnx":
+            if path.suffix != ".onnx":
+                raise ValueError(
+                    f"backend 'onnxruntime' needs an .onnx file (export one with `rgbd-seg export`): {path}"
+                )
+            metadata = read_onnx_metadata(path)
+            runner: Backend = OnnxRuntimeBackend(path, device=device)
+            exported = metadata.get("input_size")
+            if input_size is None and exported is not None:
+                input_size = tuple(exported)
+        elif backend == "torch":
+            from rgbd_seg_ros.models.checkpoints import load_checkpoint
+
+            model, metadata = load_checkpoint(path)
+            runner = TorchBackend(model, device=device, precision=precision, compile=compile)
+        else:
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        return cls._from_metadata(runner, metadata, input_size, depth_fill)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        label_set: str | LabelSet,
+        device: str = "cpu",
+        precision: str = "auto",
+        input_size: tuple[int, int] | None = None,
+        depth_fill: str = "fast",
+    ) -> Segmenter:
+        """Wrap a model built by ``build_model`` (it carries ``input_spec`` and ``config``)."""
+        label_set = get_label_set(label_set)
+        config = getattr(model, "config", {})
+        metadata = {**config, "model": config.get("name", type(model).__name__), "label_set": label_set.name}
+        return cls(
+            TorchBackend(model, device=device, precision=precision),
+            model.input_spec,
+            label_set,
+            model_name=metadata["model"],
+            input_size=input_size,
+            depth_fill=depth_fill,
+            metadata=metadata,
+        )
+
+    @classmethod
+    def _from_metadata(cls, runner: Backend, metadata: dict[str, Any], input_size, depth_fill) -> Segmenter:
+        spec = metadata.get("input_spec")
+        spec = (
+            InputSpec.from_dict(spec)
+            if isinstance(spec, dict)
+            else getattr(getattr(runner, "model", None), "input_spec", None)
+        )
+        if spec is None:
+            raise ValueError("checkpoint metadata has no input_spec")
+        label_set = get_label_set(metadata.get("label_set", "nyuv2-40"))
+        num_classes = metadata.get("num_classes")
+        if num_classes is not None and int(num_classes) != label_set.num_classes:
+            raise ValueError(
+                f"checkpoint predicts {num_classes} classes but its label set {label_set.name!r} has "
+                f"{label_set.num_classes}"
+            )
+        return cls(runner, spec, label_set, metadata.get("model", "model"), input_size, depth_fill, metadata)
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    # -- inference --------------------------------------------------------------------------------------------
+    def model_size(self, frame_size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
+        """(height, width) the model runs at for a frame of ``frame_size`` (H, W): ``input_size`` or the frame's
+        size, × ``scale``, rounded to the model's size divisor."""
+        h, w = self.input_size or frame_size
+        h, w = h * scale, w * scale
+        d = max(1, self.input_spec.size_divisor)
+        return max(d, round(h / d) * d), max(d, round(w / d) * d)
+
+    def prepare(
+        self, frame: RGBDFrame, timings: dict[str, float] | None = None, size: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Resize (intrinsics follow), fill and encode ``frame``: the model's inputs (1×3×h×w, 1×C×h×w or None).
+
+        ``size`` overrides :meth:`model_size` (multi-scale evaluation).
+        """
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
+        frame = frame.resized(*(size or self.model_size((frame.height, frame.width))))
+        t1 = time.perf_counter()
+        fill = self.depth_fill if self.input_spec.depth_encoding != "none" else "none"
+        rgb, second = encode_frame(frame, self.input_spec, fill=fill, timings=timings)
+        timings["resize"] = (t1 - t0) * 1e3
+        return rgb, second
+
+    def logits(self, frame: RGBDFrame, scales: Sequence[float] = (1.0,), flip: bool = False) -> Tensor:
+        """Raw logits 1×K×H×W at the frame's size; averaged over ``scales`` (× the model size) and flips."""
+        total = None
+        for scale in scales:
+            size = self.model_size((frame.height, frame.width), scale)
+            for mirrored in (False, True) if flip else (False,):
+                logits = self._forward(flip_frame(frame) if mirrored else frame, {}, size)
+                logits = logits.flip(-1) if mirrored else logits
+                logits = F.interpolate(logits, size=(frame.height, frame.width), mode="bilinear", align_corners=False)
+                total = logits if total is None else total + logits
+        return total / (len(scales) * (2 if flip else 1))
+
+    def _forward(self, frame: RGBDFrame, timings: dict[str, float], size: tuple[int, int] | None = None) -> Tensor:
+        """Prepare ``frame`` at the model size (or ``size``) and run the backend: logits 1×K×h×w."""
+        rgb, second = self.prepare(frame, timings, size)
+        t0 = time.perf_counter()
+        to_device = getattr(self.backend, "to_device", None)
+        if to_device is not None:
+            rgb, second = to_device(rgb), to_device(second)
+        t1 = time.perf_counter()
+        logits = self.backend(rgb, second)
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)
+        timings["transfer"] = (t1 - t0) * 1e3
+        timings["model"] = (time.perf_counter() - t1) * 1e3
+        if logits.shape[1] != self.label_set.num_classes:
+            raise ValueError(
+                f"model returned {logits.shape[1]} classes but label set {self.label_set.name!r} has "
+                f"{self.label_set.num_classes}"
+            )
+        return logits
+
+    def __call__(self, frame: RGBDFrame, probabilities: bool = False) -> Segmentation:
+        """Segment one frame. ``probabilities=True`` also returns the K×H×W softmax."""
+        if not isinstance(frame, RGBDFrame):
+            raise TypeError(f"Segmenter expects an RGBDFrame, got {type(frame).__name__}")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        logits = self._forward(frame, timings)
+        t0 = time.perf_counter()
+        result = self._postprocess(logits, frame.height, frame.width, probabilities)
+        timings["postprocess"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = (time.perf_counter() - start) * 1e3
+        result.timings = timings
+        return result
+
+    def segment_batch(
+        self, frames: Sequence[RGBDFrame], scales: Sequence[float] = (1.0,), flip: bool = False
+    ) -> list[Segmentation]:
+        """Segment several frames, optionally with multi-scale and flip test-time augmentation (evaluation)."""
+        out = []
+        for frame in frames:
+            if tuple(scales) == (1.0,) and not flip:
+                out.append(self(frame))
+                continue
+            start = time.perf_counter()
+            result = self._postprocess(self.logits(frame, scales, flip), frame.height, frame.width, False)
+            result.timings = {"total": (time.perf_counter() - start) * 1e3}
+            out.append(result)
+        return out
+
+    def _postprocess(self, logits: Tensor, height: int, width: int, probabilities: bool) -> Segmentation:
+        if logits.shape[-2:] != (height, width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        logits = logits[0]
+        top, labels = logits.max(0)
+        # Softmax probability of the arg-max class: 1 / Σ_k exp(l_k − l_max).
+        confidence = torch.exp(logits - top).sum(0).reciprocal()
+        probs = torch.softmax(logits, 0).cpu().numpy() if probabilities else None
+        return Segmentation(
+            labels=labels.to(torch.int32).cpu().numpy().astype(self.labels_dtype),
+            confidence=confidence.float().cpu().numpy(),
+            class_probabilities=probs,
+        )
