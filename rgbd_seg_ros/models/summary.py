@@ -43,9 +43,13 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor | None) -> int:
     return counter.get_total_flops() // 2
 
 
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (shared ones counted once, frozen ones included)."""
-    return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module, skip_aux: bool = False) -> int:
+    """Number of parameters (shared ones counted once, frozen ones included).
+
+    ``skip_aux`` leaves out training-only auxiliary heads (parameters with ``aux`` in their name), as papers
+    that count "without the auxiliary head" do.
+    """
+    return sum(p.numel() for n, p in model.named_parameters() if not (skip_aux and "aux" in n))
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ModelRow:
     backbone: str | None
     params_m: float
     gmacs: float | None  # None when the forward failed (see ``note``)
+    params_no_aux_m: float | None = None  # without training-only ``aux`` heads
     note: str = ""
 
 
@@ -82,9 +87,9 @@ def model_row(
 
     with torch.device("meta"):
         model = build_model(name, num_classes, backbone=backbone, **options)
-    params = count_params(model)
+    params, no_aux = count_params(model), count_params(model, skip_aux=True) / 1e6
     if not macs:
-        return ModelRow(name, backbone, params / 1e6, None)
+        return ModelRow(name, backbone, params / 1e6, None, no_aux)
     note = ""
     try:
         macs = count_macs(model, *_inputs(model, size, "meta"))
@@ -94,7 +99,7 @@ def model_row(
             macs = count_macs(model, *_inputs(model, size, "cpu"))
         except Exception as exc:  # a table row must not hide the others; the error goes in the note
             macs, note = None, f"forward failed: {type(exc).__name__}: {exc}"[:120]
-    return ModelRow(name, backbone, params / 1e6, None if macs is None else macs / 1e9, note)
+    return ModelRow(name, backbone, params / 1e6, None if macs is None else macs / 1e9, no_aux, note)
 
 
 def model_table(
@@ -118,11 +123,17 @@ def format_model_table(rows: Sequence[ModelRow], size: tuple[int, int] = (480, 6
     """A plain-text table of ``rows``."""
     wm = max([len("model"), *(len(r.model) for r in rows)])
     wb = max([len("backbone"), *(len(r.backbone or "-") for r in rows)])
-    head = f"{'model':<{wm}} {'backbone':<{wb}} {'params (M)':>10} {f'GMACs @{size[0]}x{size[1]}':>16}  note"
+    head = (
+        f"{'model':<{wm}} {'backbone':<{wb}} {'params (M)':>10} {'w/o aux (M)':>11} "
+        f"{f'GMACs @{size[0]}x{size[1]}':>16}  note"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         gmacs = "n/a" if r.gmacs is None or math.isnan(r.gmacs) else f"{r.gmacs:.1f}"
-        lines.append(f"{r.model:<{wm}} {r.backbone or '-':<{wb}} {r.params_m:>10.2f} {gmacs:>16}  {r.note}")
+        no_aux = "n/a" if r.params_no_aux_m is None else f"{r.params_no_aux_m:.2f}"
+        lines.append(
+            f"{r.model:<{wm}} {r.backbone or '-':<{wb}} {r.params_m:>10.2f} {no_aux:>11} {gmacs:>16}  {r.note}"
+        )
     return "\n".join(lines)
 
 
