@@ -1,0 +1,64 @@
+"""Train a segmentation model from a recipe.
+
+Usage::
+
+    python training/train.py --config training/configs/synthetic_sgnet_r18.yaml out_dir=runs/syn max_iters=500
+    python training/train.py --config training/configs/synthetic_sgnet_r18.yaml out_dir=runs/syn --resume
+    torchrun --nproc_per_node=8 training/train.py --config training/configs/sgnet_nyudv2.yaml \
+        data.root=/data/NYUDepthv2 model.pretrained=/weights/resnet101-deep.pth out_dir=runs/sgnet_nyu
+
+Overrides are ``key=value`` (dotted ``section.key`` or a unique bare key; values parsed as YAML). ``--resume``
+continues from ``<out_dir>/checkpoints/last.pt``; without ``--config`` it reuses ``<out_dir>/config.yaml``
+(then ``out_dir=`` must be among the overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import ConfigError, apply_overrides, config_from_dict, load_config, read_recipe
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config", help="recipe YAML (training/configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    if args.config:
+        return load_config(args.config, args.overrides)
+    if not args.resume:
+        raise ConfigError("--config is required (or --resume with out_dir=DIR to reuse DIR/config.yaml)")
+    out = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] in ("out_dir", "train.out_dir")]
+    if not out:
+        raise ConfigError("--resume without --config needs out_dir=DIR")
+    return config_from_dict(apply_overrides(read_recipe(Path(out[-1]) / "config.yaml"), args.overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(cfg.to_yaml())
+        return 0
+    from training.engine import Trainer
+
+    Trainer(cfg, resume=args.resume).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
