@@ -49,7 +49,11 @@ def _demo_segmenter(size: tuple[int, int]):
     data = Path(__file__).resolve().parent / "data"
     checkpoints = sorted(data.glob("*.safetensors"))
     if checkpoints:
-        return Segmenter.from_checkpoint(checkpoints[0], device="auto"), f"model: trained checkpoint {checkpoints[0]}"
+        note = (
+            f"model: {checkpoints[0].name}, trained on the synthetic rooms only — warning: it knows nothing but "
+            "synthetic rooms, so do not judge it on real images (train on a real dataset: see training/README.md)"
+        )
+        return Segmenter.from_checkpoint(checkpoints[0], device="auto"), note
     import torch
 
     from rgbd_seg_ros.models import build_model
