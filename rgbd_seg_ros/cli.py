@@ -50,8 +50,8 @@ def _demo_segmenter(size: tuple[int, int]):
     checkpoints = sorted(data.glob("*.safetensors"))
     if checkpoints:
         note = (
-            f"model: {checkpoints[0].name}, trained on the synthetic rooms only — warning: it knows nothing but "
-            "synthetic rooms, so do not judge it on real images (train on a real dataset: see training/README.md)"
+            f"model: trained checkpoint {checkpoints[0].name} — warning: it was trained on synthetic rooms only and "
+            "knows nothing else, so do not judge it on real images (train on a real dataset: see training/README.md)"
         )
         return Segmenter.from_checkpoint(checkpoints[0], device="auto"), note
     import torch

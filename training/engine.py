@@ -37,7 +37,7 @@ from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.checkpoints import read_state_dict, save_checkpoint
 from rgbd_seg_ros.pipeline import Segmenter
 from training import data as D
-from training.config import Config, config_from_dict
+from training.config import Config
 from training.evaluation import evaluate, protocol_from_eval_config
 from training.losses import SegmentationLoss, flatten_outputs, median_frequency_weights
 
@@ -280,11 +280,16 @@ class Trainer:
         os.replace(tmp, path)
 
     def _tb(self, start_step: int):
+        """The TensorBoard writer (rank 0), or None when the ``tensorboard`` package (extra ``train``) is missing."""
         if self.writer is None and self.ctx.main:
-            from torch.utils.tensorboard import SummaryWriter
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.log("tensorboard is not installed (pip install 'rgbd_seg_ros[train]'): no TensorBoard logs")
+                self.writer = False
+                return None
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=start_step or None)
-        return self.writer
+        return self.writer or None
 
     # setup -------------------------------------------------------------------------------------------------------
     def _prepare_out_dir(self) -> None:
@@ -420,8 +425,8 @@ class Trainer:
             if progress is not None:
                 progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
                 progress.update(1)
-            if ctx.main and ((step + 1) % t_cfg.log_every == 0 or step + 1 == max_iters):
-                tb = self._tb(start)
+            tb = self._tb(start) if ctx.main and ((step + 1) % t_cfg.log_every == 0 or step + 1 == max_iters) else None
+            if tb is not None:
                 for k, v in record.items():
                     if k != "iter":
                         tb.add_scalar(f"train/{k}", v, step + 1)
@@ -438,7 +443,7 @@ class Trainer:
         if val_ds is not None:
             val_miou = self.validate(module, val_ds, label_set, max_iters, start)
         out = self._save_final(module, label_set, max_iters, val_miou)
-        if self.writer is not None:
+        if self.writer:
             self.writer.close()
         _barrier(self.ctx)
         return out
@@ -502,9 +507,8 @@ class Trainer:
 
     def _load_state(self, path: Path, module: nn.Module, optimizer, scaler) -> int:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = config_from_dict(json.loads(state["config"]))
         if state["config_hash"] != self.cfg.hash():
-            diff = _config_diff(saved.to_dict(), self.cfg.to_dict())
+            diff = _config_diff(json.loads(state["config"]), self.cfg.to_dict())
             self.log(f"warning: resuming with a recipe that differs from the checkpoint's: {diff}")
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -554,8 +558,8 @@ class Trainer:
         self._record(record)
         self.log(f"step {step}: val mIoU {miou:.2f} (pixel acc {record['val_pixel_acc']:.2f}, "
                  f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
-        if ctx.main:
-            tb = self._tb(start)
+        tb = self._tb(start) if ctx.main else None
+        if tb is not None:
             for k, v in record.items():
                 if k != "iter":
                     tb.add_scalar(f"val/{k.removeprefix('val_')}", v, step)
