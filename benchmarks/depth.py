@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from rgbd_seg_ros.allocator import tune_allocator
 from rgbd_seg_ros.depth.completion import _DIAMOND_5, colorization_system, fill_depth
 from rgbd_seg_ros.depth.hha import HHAParams, compute_hha, compute_hha_torch, estimate_gravity, surface_normals
 from rgbd_seg_ros.depth.points import backproject
@@ -243,7 +244,8 @@ def speed(args) -> None:
     rep, slow = args.repeat, not args.skip_slow
     print(f"480×640 synthetic frame, {np.isnan(raw).mean() * 100:.1f}% holes; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, cv2 threads {cv2.getNumThreads()}, torch threads "
-          f"{torch.get_num_threads()}")  # fmt: skip
+          f"{torch.get_num_threads()}, malloc {'default' if args.default_malloc else 'tuned (as the node)'}"
+    )  # fmt: skip
     print(f"{'stage (ms per frame)':34s} {'ours min':>9s} {'ours med':>9s} {'base min':>11s} {'base med':>11s} "
           f"{'speed-up':>9s}  agreement")  # fmt: skip
 
@@ -286,6 +288,11 @@ def speed(args) -> None:
             f"{d[..., c].max()}/{100 * (d[..., c] > 0).mean():.2f}%" for c in range(3)
         )
     row("HHA incl. gravity", ours, base, agree)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # compute_hha then runs both normal fits in the calling thread
+    ours, serial = timed(lambda: compute_hha(filled, k, raw_depth_m=raw), rep)
+    cv2.setNumThreads(threads)
+    row("HHA incl. gravity, one thread", ours, None, f"identical to the above: {np.array_equal(serial, hha)}")
     row("HHA, gravity given", timed(lambda: compute_hha(filled, k, gravity=g, raw_depth_m=raw), rep)[0], None)
     stride2 = HHAParams(gravity_stride=2)
     ours, hha2 = timed(lambda: compute_hha(filled, k, raw_depth_m=raw, params=stride2), rep)
@@ -344,7 +351,12 @@ def main() -> None:
     parser.add_argument("--skip-slow", action="store_true", help="skip colorization and the slowest loop baselines")
     parser.add_argument("--torch-cpu", action="store_true", help="also time the torch HHA path on the CPU")
     parser.add_argument("--quality-frames", type=int, default=3)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc as it is (the node tunes it)"
+    )
     args = parser.parse_args()
+    if not args.default_malloc:
+        tune_allocator()
     speed(args)
     if args.quality_frames > 0:
         quality(args)

@@ -4,8 +4,10 @@ Usage: ``python benchmarks/node_load.py [--duration 120] [--rate 30] [--model-ti
 [--checkpoint model.safetensors --device cpu]``
 
 A camera process publishes synthetic colour (rgb8), depth (16UC1, stamped 3 ms after colour) and CameraInfo at
-``--rate`` with capture-time stamps, best effort. This process runs the node (builtin sync, ``publish_all``, all
-four outputs) with a stand-in model that takes ``--model-time`` seconds per frame (like GPU inference, it
+``--rate`` with capture-time stamps, best effort like camera drivers (``--qos reliable`` to change); both
+processes use the Fast DDS profile of ``--fastdds-profile`` (default ``config/fastdds_large_images.xml``, without
+which Fast DDS loses most best-effort 640×480 images). This process runs the node (builtin sync, ``publish_all``,
+all four outputs) with a stand-in model that takes ``--model-time`` seconds per frame (like GPU inference, it
 releases the GIL), or the real Segmenter of ``--checkpoint``. It prints:
 
 * latency header stamp → publish, p50 / p95 / max, and p95 against two model periods (the issue's bound),
@@ -23,6 +25,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -31,7 +34,10 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
 
 import numpy as np
 
+from rgbd_seg_ros.allocator import tune_allocator
+
 NAMESPACE = f"/bench{os.getpid()}"
+PROFILE = Path(__file__).resolve().parents[1] / "config" / "fastdds_large_images.xml"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -175,11 +181,20 @@ def main() -> None:
     parser.add_argument(
         "--qos",
         choices=("reliable", "sensor_data"),
-        default="reliable",
-        help="camera publishers and node inputs (default reliable: Fast DDS loses fragments of large best-effort "
-        "images on a loaded host, which would measure DDS, not the node)",
+        default="sensor_data",
+        help="camera publishers and node inputs (default sensor_data: best effort, as camera drivers publish)",
+    )
+    parser.add_argument(
+        "--fastdds-profile",
+        default=str(PROFILE),
+        help="Fast DDS XML profile of the camera and the node (default: config/fastdds_large_images.xml, as "
+        "seg.launch.py and the README set it up; '' = Fast DDS defaults)",
     )
     args = parser.parse_args()
+    tune_allocator()  # as rgbd_seg_node's main does
+    os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    if args.fastdds_profile:  # before rclpy.init here and inherited by the camera process
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = args.fastdds_profile
 
     import rclpy
 
@@ -205,7 +220,8 @@ def main() -> None:
         return f"{n / args.duration:.1f} Hz"
 
     print(
-        f"camera {args.rate:g} Hz {args.size[1]}x{args.size[0]} ({args.qos}), {args.duration:g} s; model "
+        f"camera {args.rate:g} Hz {args.size[1]}x{args.size[0]} ({args.qos}, Fast DDS profile "
+        f"{Path(args.fastdds_profile).name if args.fastdds_profile else 'none'}), {args.duration:g} s; model "
         f"{model_s * 1e3:.0f} ms (measured inference p50 {p('inference', 50):.1f} ms); node conversion+publish "
         f"p50 {p('overhead', 50):.1f} ms"
     )

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rgbd_seg_ros.allocator import tune_allocator
+
 
 def _size(text: str) -> tuple[int, int]:
     """Parse ``HxW`` (e.g. ``480x640``) into (height, width)."""
@@ -238,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -282,3 +282,51 @@ def test_gravity_of_synthetic_scenes():
         scene = gen.sample(i)
         errors.append(_angle_deg(estimate_gravity(scene.frame.depth, scene.frame.intrinsics), scene.gravity))
     assert np.mean(np.array(errors) < 2.0) >= 0.95, errors
+
+
+@pytest.fixture
+def opencv_threads():
+    """Set OpenCV's thread count for one test (compute_hha overlaps its two normal fits when it is ≥ 2)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    yield cv2.setNumThreads
+    cv2.setNumThreads(before)
+
+
+def test_overlapped_and_serial_hha_are_identical(opencv_threads):
+    depth, *_ = analytic_room(1.4, 22, 7)
+    raw = depth.copy()
+    raw[np.random.default_rng(1).random(raw.shape) < 0.05] = np.nan
+    opencv_threads(1)
+    serial = compute_hha(depth, K, raw_depth_m=raw)
+    opencv_threads(2)
+    results = [compute_hha(depth, K, raw_depth_m=raw) for _ in range(3)]  # the helper thread is reused
+    assert all(np.array_equal(r, serial) for r in results)
+    assert np.array_equal(compute_hha(depth, K, gravity=estimate_gravity(depth, K, raw_depth_m=raw), raw_depth_m=raw),
+                          serial)  # fmt: skip
+
+
+def _hha_in_child(queue) -> None:
+    depth, *_ = analytic_room(1.4, 22, 7)
+    queue.put(compute_hha(depth, K).sum(dtype=np.int64))
+
+
+def test_forked_child_computes_hha_after_the_parent_used_its_helper_thread(opencv_threads):
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    opencv_threads(2)
+    depth, *_ = analytic_room(1.4, 22, 7)
+    expected = compute_hha(depth, K).sum(dtype=np.int64)  # starts the helper thread in this process
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_hha_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "compute_hha hung in a forked child (stale helper thread)"
+    assert child.exitcode == 0 and queue.get(timeout=5) == expected

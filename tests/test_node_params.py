@@ -173,3 +173,19 @@ def test_launch_adds_rviz_only_on_request(launch_module):
         assert "/rgbd_seg/overlay" in Path(config).read_text()
     finally:
         os.unlink(config)
+
+
+def test_launch_gives_the_node_the_large_image_fastdds_profile_unless_told_otherwise(launch_module, tmp_path):
+    shipped = str(ROOT / "config" / "fastdds_large_images.xml")
+    env = launch_module.fastdds_environment
+    assert set(env("", str(ROOT), {}).values()) == {shipped}
+    own = tmp_path / "own.xml"
+    own.write_text("<dds/>")
+    assert set(env("", str(ROOT), {"FASTDDS_DEFAULT_PROFILES_FILE": str(own)}).values()) == {str(own)}
+    assert set(env(str(own), str(ROOT), {}).values()) == {str(own)}
+    assert env("none", str(ROOT), {"FASTDDS_DEFAULT_PROFILES_FILE": str(own)}) == {}
+    with pytest.raises(ValueError, match=r"missing\.xml"):
+        env(str(tmp_path / "missing.xml"), str(ROOT), {})
+    (node,) = launch_module._launch_setup(_launch_context(launch_module))
+    assert node.kwargs["additional_env"]["FASTDDS_DEFAULT_PROFILES_FILE"] in (shipped, os.environ.get(
+        "FASTDDS_DEFAULT_PROFILES_FILE"))  # fmt: skip

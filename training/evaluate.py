@@ -25,6 +25,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 
+from rgbd_seg_ros.allocator import tune_allocator
+
 # Per-model test protocols of the papers/authors' code, used when a checkpoint carries no recipe ``eval``.
 PAPER_PROTOCOLS: dict[str, dict] = {
     "sgnet": {"input_size": [480, 640], "scales": [0.8, 1.0, 2.0], "flip": False, "sliding": None},
@@ -135,6 +137,7 @@ def format_report(metrics: dict, names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()
     import yaml
 
     from rgbd_seg_ros.pipeline import Segmenter

@@ -21,6 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rgbd_seg_ros.allocator import tune_allocator
 from training.config import ConfigError, apply_overrides, config_from_dict, load_config, read_recipe
 
 
@@ -46,6 +47,7 @@ def resolve_config(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_allocator()
     try:
         cfg = resolve_config(args)
     except (ConfigError, FileNotFoundError) as exc:

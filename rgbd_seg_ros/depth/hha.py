@@ -39,9 +39,12 @@ runs on the tensors' device (GPU when present).
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
@@ -142,10 +145,10 @@ def _unit_gravity(gravity: Iterable[float]) -> np.ndarray:
 
 
 # -- normals (NumPy) ------------------------------------------------------------------------------------------
-def _window_moments(valid: np.ndarray, inv_z: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+def _window_moments(mask: np.ndarray, inv_z: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
     """Window sums around each pixel, offsets (a, b) ∈ [−R, R]², zero outside the image.
 
-    Returns ``s00, s10, s01, s20, s11, s02`` (Σ m a^i b^j of the valid mask m) and ``t0, t10, t01``
+    Returns ``s00, s10, s01, s20, s11, s02`` (Σ m a^i b^j of the float32 fit mask m) and ``t0, t10, t01``
     (Σ w a^i b^j of ``inv_z``), each float32 H×W; computed as separable 1-D passes (exact for the mask).
     """
     a = np.arange(-radius, radius + 1, dtype=np.float32)
@@ -157,8 +160,7 @@ def _window_moments(valid: np.ndarray, inv_z: np.ndarray, radius: int) -> tuple[
     def col(img: np.ndarray, order: int) -> np.ndarray:
         return cv2.filter2D(img, cv2.CV_32F, kernels[order][:, None], borderType=cv2.BORDER_CONSTANT)
 
-    m = valid.astype(np.float32)
-    m0, m1, m2, w0, w1 = row(m, 0), row(m, 1), row(m, 2), row(inv_z, 0), row(inv_z, 1)
+    m0, m1, m2, w0, w1 = row(mask, 0), row(mask, 1), row(mask, 2), row(inv_z, 0), row(inv_z, 1)
     return (
         col(m0, 0), col(m1, 0), col(m0, 1), col(m2, 0), col(m1, 1), col(m0, 2),
         col(w0, 0), col(w1, 0), col(w0, 1),
@@ -193,25 +195,35 @@ def _solve_normals(moments, xr, yr, has_depth, fx: float, fy: float, xp=np, orie
 _BLOCK_ROWS = 64  # the solve runs on row blocks: its ~60 temporaries stay in cache
 
 
-def _normals_np(
-    depth: np.ndarray,
-    fit: np.ndarray,
-    intrinsics: CameraIntrinsics,
-    radius: int,
-    stride: int = 1,
-    orient: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normal planes (nx, ny, nz), each float32 H×W — or only every ``stride``-th row and column."""
+class _FitInputs(NamedTuple):
+    """What every normal fit of one frame needs, prepared once (each H×W)."""
+
+    has_depth: np.ndarray  # bool: the pixel has a point (orients its normal)
+    mask: np.ndarray  # float32 1/0: the pixel enters the plane fits
+    inv_z: np.ndarray  # float32 z_ref / z on fit pixels, else 0
+
+
+def _fit_inputs(depth: np.ndarray, fit: np.ndarray) -> _FitInputs:
     has_depth = np.isfinite(depth)
     z_ref = np.float32(np.nanmin(depth)) if has_depth.any() else np.float32(1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # w = z_ref / z: a positive rescaling of 1/z (the fit is scale-free) that keeps float32 in range.
+        inv_z = np.divide(z_ref, depth, dtype=np.float32)
+    inv_z[~fit] = 0
+    return _FitInputs(has_depth, fit.astype(np.float32), inv_z)
+
+
+def _normals_np(
+    inputs: _FitInputs, intrinsics: CameraIntrinsics, radius: int, stride: int = 1, orient: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normal planes (nx, ny, nz), each float32 H×W — or only every ``stride``-th row and column."""
+    has_depth = inputs.has_depth
     planes = tuple(np.empty(has_depth[::stride, ::stride].shape, np.float32) for _ in range(3))
     xr, yr = pixel_rays(intrinsics)
     xr = xr[:, ::stride]
+    moments = _window_moments(inputs.mask, inputs.inv_z, radius)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # w = z_ref / z: a positive rescaling of 1/z (the fit is scale-free) that keeps float32 in range.
-        inv_z = np.where(fit, z_ref / depth, np.float32(0)).astype(np.float32)
-        moments = _window_moments(fit, inv_z, radius)
-        for r0 in range(0, depth.shape[0], _BLOCK_ROWS):
+        for r0 in range(0, has_depth.shape[0], _BLOCK_ROWS):
             rows = slice(r0, r0 + _BLOCK_ROWS, stride)
             block = [m[rows, ::stride] for m in moments]
             sub = has_depth[rows, ::stride]
@@ -220,6 +232,33 @@ def _normals_np(
             for plane, value in zip(planes, normal):
                 plane[out_rows] = value
     return planes
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _background() -> ThreadPoolExecutor | None:
+    """The process's HHA helper thread, or None where OpenCV is pinned to one thread (e.g. data-loader workers).
+
+    :func:`compute_hha` fits the angle channel's normals there while the calling thread estimates gravity:
+    the two are independent, and NumPy and OpenCV release the GIL, so two cores finish ~25 % sooner.
+    """
+    global _pool
+    if cv2.getNumThreads() < 2:
+        return None
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="hha")
+        return _pool
+
+
+def _forget_pool() -> None:  # a forked child has the executor object but not its thread
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def surface_normals(
@@ -239,7 +278,8 @@ def surface_normals(
     """
     depth = sanitize_depth(depth_m)
     check_size(depth.shape, intrinsics)
-    return np.stack(_normals_np(depth, _fit_mask(depth, raw_depth_m), intrinsics, int(radius)), axis=-1)
+    inputs = _fit_inputs(depth, _fit_mask(depth, raw_depth_m))
+    return np.stack(_normals_np(inputs, intrinsics, int(radius)), axis=-1)
 
 
 # -- gravity (shared iteration) -------------------------------------------------------------------------------
@@ -329,11 +369,8 @@ class _GravitySums:
         return self.base[0] + self._sums(self.near_outer, weight), self.base[1] + int(np.count_nonzero(weight))
 
 
-def _gravity_normals_np(depth: np.ndarray, fit: np.ndarray, intrinsics: CameraIntrinsics, params: HHAParams):
-    return _normals_np(depth, fit, intrinsics, params.gravity_radius, params.gravity_stride, orient=False)
-
-
-def _gravity_np(planes: tuple[np.ndarray, ...], params: HHAParams, prior: Iterable[float]) -> np.ndarray:
+def _gravity_np(inputs: _FitInputs, intrinsics: CameraIntrinsics, params: HHAParams, prior: Iterable[float]):
+    planes = _normals_np(inputs, intrinsics, params.gravity_radius, params.gravity_stride, orient=False)
     keep = np.isfinite(planes[0]).ravel()
     if not keep.any():
         raise GravityEstimationError(
@@ -372,8 +409,7 @@ def estimate_gravity(
     params = params or HHAParams()
     depth = sanitize_depth(depth_m)
     check_size(depth.shape, intrinsics)
-    fit = _fit_mask(depth, raw_depth_m)
-    return _gravity_np(_gravity_normals_np(depth, fit, intrinsics, params), params, prior)
+    return _gravity_np(_fit_inputs(depth, _fit_mask(depth, raw_depth_m)), intrinsics, params, prior)
 
 
 # -- channels -------------------------------------------------------------------------------------------------
@@ -410,12 +446,15 @@ def compute_hha(
     p = params or HHAParams()
     depth = sanitize_depth(depth_m)
     check_size(depth.shape, intrinsics)
-    fit = _fit_mask(depth, raw_depth_m)
+    inputs = _fit_inputs(depth, _fit_mask(depth, raw_depth_m))
     if gravity is None:
-        g = _gravity_np(_gravity_normals_np(depth, fit, intrinsics, p), p, LEVEL_GRAVITY)
+        pool = _background()
+        pending = pool.submit(_normals_np, inputs, intrinsics, p.normal_radius) if pool else None
+        g = _gravity_np(inputs, intrinsics, p, LEVEL_GRAVITY)
+        nx, ny, nz = pending.result() if pending else _normals_np(inputs, intrinsics, p.normal_radius)
     else:
         g = _unit_gravity(gravity)
-    nx, ny, nz = _normals_np(depth, fit, intrinsics, p.normal_radius)
+        nx, ny, nz = _normals_np(inputs, intrinsics, p.normal_radius)
     z_cm = np.where(np.isfinite(depth), depth * np.float32(100), np.float32(0))
     xr, yr = pixel_rays(intrinsics)
     gh = _height_gravity(g).astype(np.float32)

@@ -40,6 +40,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
+from rgbd_seg_ros.allocator import tune_allocator
 from rgbd_seg_ros.frames import CameraIntrinsics
 from rgbd_seg_ros.labels import LabelSet, colorize, get_label_set, overlay
 from rgbd_seg_ros.ros.convert import (
@@ -456,6 +457,7 @@ class SegmentationNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script ``rgbd_seg_node``: run the node until shutdown; 1 on a start-up error (logged once)."""
+    tune_allocator()
     rclpy.init(args=args)
     try:
         node = SegmentationNode()
