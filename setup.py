@@ -26,13 +26,15 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        # The bundled checkpoint under share/ too: seg.launch.py's default (`ros2 launch` runs as written).
+        (f"share/{PACKAGE}/models", sorted(glob(f"{PACKAGE}/data/*.safetensors") + glob(f"{PACKAGE}/data/*.json"))),
         *_config_files(),
     ],
     python_requires=">=3.10",
     install_requires=[
         "numpy>=1.24",
         "scipy>=1.10",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.8,<5",  # OpenCV 5 renumbers types: cv_bridge's cv2_to_imgmsg fails (KeyError)
         "pyyaml>=6.0",
         "safetensors>=0.4",
         "tqdm>=4.66",
@@ -42,6 +44,7 @@ setup(
         "pillow>=9",
         "onnx>=1.16",
         "onnxruntime>=1.18",
+        "onnxscript>=0.1",  # torch.onnx's exporter: `rgbd-seg export` and the CPU default backend (ONNX cache)
         # Pinned for x86_64, the platform this package is tested on; on aarch64 (Jetson) install torch from
         # NVIDIA's wheels first (see README), then this package with --no-deps or the matching pins.
         "torch==2.14.1; platform_machine == 'x86_64'",
@@ -56,16 +59,17 @@ setup(
             "ros-sensor-msgs; platform_machine == 'x86_64'",
             "ros-std-msgs; platform_machine == 'x86_64'",
             "ros-diagnostic-msgs; platform_machine == 'x86_64'",
+            "ros-lifecycle-msgs; platform_machine == 'x86_64'",
         ],
         "test": [
-            "pytest>=8",
+            "pytest>=8,<9",  # pytest 9 rejects launch_testing's plugin hook (PluginValidationError) in ROS 2 shells
             "pytest-xdist>=3.5",
             "ruff>=0.6",
             "torchmetrics>=1.4",
-            "onnxscript>=0.1",
             "tensorboard>=2.14",
         ],
         "train": ["tensorboard>=2.14"],
+        "tf": ["tensorflow-cpu>=2.16"],  # rgbd-seg convert of the AdapNet++/SSMA TensorFlow checkpoints only
     },
     zip_safe=False,
     maintainer="rgbd_seg_ros maintainers",
@@ -76,6 +80,7 @@ setup(
         "console_scripts": [
             "rgbd-seg = rgbd_seg_ros.cli:main",
             "rgbd_seg_node = rgbd_seg_ros.ros.node:main",
+            "rgbd_seg_lifecycle_node = rgbd_seg_ros.ros.lifecycle_node:main",
         ],
     },
 )

@@ -87,10 +87,10 @@ def main() -> None:
         )
         before = direct_ms(segmenter, frames)
         start = time.perf_counter()
-        offline = replay(bag, segmenter, work / "offline", ReplayOptions(progress=False)).report
+        offline = replay(bag, segmenter, work / "offline", ReplayOptions(progress=False)).report.to_json()
         offline_wall = time.perf_counter() - start
         after = direct_ms(segmenter, frames)
-        live = replay(bag, segmenter, work / "live", ReplayOptions(realtime=1.0, progress=False)).report
+        live = replay(bag, segmenter, work / "live", ReplayOptions(realtime=1.0, progress=False)).report.to_json()
 
     stages = offline["latency_ms"]["stages"]
     bare = statistics.median(before + after)

@@ -22,6 +22,7 @@ and ``frame_id``.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import shutil
 import sys
@@ -33,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame
+from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame, metres_to_millimetres_u16
 from rgbd_seg_ros.labels import LabelSet
+from rgbd_seg_ros.ros.compressed import COMPRESSED_IMAGE_TYPE, decode_inputs, encode_color, encode_depth
 from rgbd_seg_ros.ros.convert import image_to_array, intrinsics_from_info, stamp_to_ns, to_rgbd_frame
 from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 
 __all__ = [
+    "CAMERA_INFO_DELAY_NS",
     "CAMERA_INFO_TYPE",
     "COLOR_INFO_TOPIC",
     "COLOR_TOPIC",
@@ -51,6 +54,7 @@ __all__ = [
     "LABEL_ENCODINGS",
     "LABEL_TOPIC",
     "OUTPUT_TOPICS",
+    "POINTS_TOPIC",
     "BagError",
     "BagMessage",
     "BagReader",
@@ -63,8 +67,8 @@ __all__ = [
     "dataset_samples",
     "frame_of",
     "label_ids",
-    "metres_to_mm",
     "read_synchronized",
+    "resolve_input_topics",
     "train_to_dataset_ids",
     "write_dataset_bag",
 ]
@@ -76,6 +80,10 @@ DEPTH_INFO_TOPIC = "/camera/depth/camera_info"
 LABEL_TOPIC = "/camera/labels/ground_truth"
 #: Output name → topic: the node's ``~/<name>`` outputs for a node named ``rgbd_seg``.
 OUTPUT_TOPICS: dict[str, str] = {name: f"/rgbd_seg/{name}" for name in ("labels", "color", "overlay", "confidence")}
+#: The node's ``~/points`` (semantic point cloud), written by replay on request.
+POINTS_TOPIC = "/rgbd_seg/points"
+#: image_transport's compressed topic of each image input (``<topic>/compressed``, ``<topic>/compressedDepth``).
+COMPRESSED_SUFFIXES = {"colour": "/compressed", "depth": "/compressedDepth"}
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -89,6 +97,9 @@ DEFAULT_SLOP = 0.02
 _STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 _MAGIC = {".mcap": b"\x89MCAP", ".db3": b"SQLite format 3\x00"}
 _NS = 1_000_000_000
+#: How long after its image a camera driver's CameraInfo is received in a written bag (0.1 ms): drivers publish
+#: the pair back to back, image first.
+CAMERA_INFO_DELAY_NS = 100_000
 
 
 class BagError(ValueError):
@@ -239,13 +250,34 @@ class InputTopics:
         return (self.color, self.depth, self.camera_info)
 
 
+def resolve_input_topics(reader: BagReader, topics: InputTopics) -> InputTopics:
+    """``topics`` with a colour or depth topic the bag lacks replaced by its image_transport compressed topic.
+
+    ``/cam/color/image_raw`` absent but ``/cam/color/image_raw/compressed`` present → the latter (depth:
+    ``…/compressedDepth``). Whether a topic is raw or compressed is then read from its message type.
+    """
+    chosen = {}
+    for role, field_name in (("colour", "color"), ("depth", "depth")):
+        topic = getattr(topics, field_name)
+        compressed = reader.topics.get(topic.rstrip("/") + COMPRESSED_SUFFIXES[role])
+        if topic not in reader.topics and compressed is not None and compressed.msgtype == COMPRESSED_IMAGE_TYPE:
+            topic = topic.rstrip("/") + COMPRESSED_SUFFIXES[role]
+        chosen[field_name] = topic
+    return InputTopics(chosen["color"], chosen["depth"], topics.camera_info)
+
+
 def check_inputs(reader: BagReader, topics: InputTopics, label_topic: str | None = None) -> None:
     """:class:`BagError` unless the bag has the input topics with their types and a usable label topic.
 
-    The label topic must hold ``sensor_msgs/msg/Image`` messages with a :data:`LABEL_ENCODINGS` encoding
-    (its first message is checked).
+    Colour and depth are ``sensor_msgs/msg/Image`` or ``CompressedImage`` topics (see
+    :func:`resolve_input_topics`). The label topic must hold ``sensor_msgs/msg/Image`` messages with a
+    :data:`LABEL_ENCODINGS` encoding (its first message is checked).
     """
+    topics = resolve_input_topics(reader, topics)
     for role, topic, msgtype in zip(("colour", "depth", "camera_info"), topics.as_tuple(), _INPUT_TYPES):
+        info = reader.topics.get(topic)
+        if role != "camera_info" and info is not None and info.msgtype == COMPRESSED_IMAGE_TYPE:
+            continue
         reader.require(topic, msgtype, role)
     if label_topic:
         reader.require(label_topic, IMAGE_TYPE, "label")
@@ -317,10 +349,14 @@ def read_synchronized(
 def frame_of(synced: SyncedSet, depth_scale: float | None = None) -> tuple[RGBDFrame, bool]:
     """The set's :class:`RGBDFrame` (exactly as the node makes it) and whether depth had to be resized.
 
-    Raises ``ValueError`` (incl. ``UnsupportedEncodingError``) for images the node would skip.
+    Compressed colour or depth (``CompressedImage``) is decoded as the node decodes it.
+
+    Raises ``ValueError`` (incl. ``UnsupportedEncodingError``, ``CompressedImageError``) for images the node would
+    skip.
     """
-    intrinsics = intrinsics_from_info(synced.info, int(synced.depth.width), int(synced.depth.height))
-    return to_rgbd_frame(synced.color, synced.depth, intrinsics, depth_scale)
+    color, depth = decode_inputs(synced.color, synced.depth)  # CompressedImage → DecodedImage (compressed.py)
+    intrinsics = intrinsics_from_info(synced.info, int(depth.width), int(depth.height))
+    return to_rgbd_frame(color, depth, intrinsics, depth_scale)
 
 
 def label_ids(msg: Any) -> np.ndarray:
@@ -397,16 +433,37 @@ def camera_info_message(intrinsics: CameraIntrinsics, stamp_ns: int, frame_id: s
     )
 
 
+def compressed_image_message(fmt: str, data: bytes, stamp_ns: int, frame_id: str) -> Any:
+    """A rosbags ``sensor_msgs/msg/CompressedImage``; ``format`` and ``data`` as ``ros/compressed.py`` makes them."""
+    return typestore().types[COMPRESSED_IMAGE_TYPE](
+        header=_header(stamp_ns, frame_id), format=fmt, data=np.frombuffer(data, dtype=np.uint8)
+    )
+
+
+def point_cloud_message(cloud: Any, stamp_ns: int, frame_id: str) -> Any:
+    """A rosbags ``sensor_msgs/msg/PointCloud2`` of a :class:`rgbd_seg_ros.ros.points.SemanticCloud`."""
+    from rgbd_seg_ros.ros.points import cloud_layout
+
+    types = typestore().types
+    layout = cloud_layout(cloud)
+    fields = [
+        types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=c) for n, o, d, c in layout["fields"]
+    ]
+    return types["sensor_msgs/msg/PointCloud2"](header=_header(stamp_ns, frame_id), **{**layout, "fields": fields})
+
+
 class BagWriter:
     """Writes a new rosbag2: a folder (``path`` without a storage suffix) or a single ``.mcap`` / ``.db3`` file.
 
     Args:
         path: must not exist. ``out/bag`` → folder ``out/bag/`` (``metadata.yaml`` + ``bag.mcap``);
-            ``out/output.mcap`` → that one file (written in a hidden folder beside it, moved on close).
+            ``out/output.mcap`` → that one file.
         storage: ``"mcap"`` or ``"sqlite3"``; for a single file its suffix decides.
 
-    Use as a context manager. An exception inside the block still closes the bag normally, so everything
-    written up to it stays readable.
+    The bag is written in a hidden staging folder beside ``path`` (``.<name>.partial``) and moved into place
+    when it is closed, so ``path`` never holds a half-written bag. Use as a context manager: an exception
+    inside the block still closes the bag normally, so everything written up to it stays readable;
+    :meth:`discard` instead drops it (nothing appears at ``path``).
     """
 
     def __init__(self, path: str | Path, storage: str = "mcap") -> None:
@@ -422,7 +479,9 @@ class BagWriter:
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
         self.storage = storage
         self._plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._folder = self.path.parent / f".{self.path.name}.partial" if self.single_file else self.path
+        self._staging = self.path.parent / f".{self.path.name}.partial"
+        # rosbags names the storage file after the bag folder: <staging>/<name>/<name>.mcap
+        self._folder = self._staging / (self.path.stem if self.single_file else self.path.name)
         self._writer: Any = None
         self._connections: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
@@ -430,9 +489,10 @@ class BagWriter:
     def open(self) -> BagWriter:
         from rosbags.rosbag2 import Writer
 
-        if self.single_file and self._folder.exists():
-            shutil.rmtree(self._folder)  # left by a killed earlier run
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._staging.exists():
+            shutil.rmtree(self._staging)  # left by a killed earlier run
+        self._staging.mkdir()
         self._writer = Writer(self._folder, version=9, storage_plugin=self._plugin)
         self._writer.open()
         return self
@@ -471,15 +531,38 @@ class BagWriter:
         msg = camera_info_message(intrinsics, stamp_ns, frame_id)
         self.write(topic, msg, stamp_ns if log_time_ns is None else log_time_ns)
 
+    def write_compressed_image(
+        self, topic: str, fmt: str, data: bytes, stamp_ns: int, frame_id: str, log_time_ns: int | None = None
+    ) -> None:
+        """Write a ``CompressedImage`` (``format``, ``data``) stamped ``stamp_ns``."""
+        msg = compressed_image_message(fmt, data, stamp_ns, frame_id)
+        self.write(topic, msg, stamp_ns if log_time_ns is None else log_time_ns)
+
+    def write_points(self, topic: str, cloud: Any, stamp_ns: int, frame_id: str) -> None:
+        """Write a semantic cloud (:func:`rgbd_seg_ros.ros.points.semantic_cloud`) as ``PointCloud2``."""
+        self.write(topic, point_cloud_message(cloud, stamp_ns, frame_id), stamp_ns)
+
     def close(self) -> None:
-        """Finish the bag (index, metadata); a single file is moved into place."""
+        """Finish the bag (index, metadata) and move it into place."""
         if self._writer is None:
             return
         writer, self._writer = self._writer, None
-        writer.close()
-        if self.single_file:
-            (self._folder / f"{self._folder.name}{self.path.suffix}").replace(self.path)
-            shutil.rmtree(self._folder)
+        try:
+            writer.close()
+            if self.single_file:
+                (self._folder / f"{self._folder.name}{self.path.suffix}").replace(self.path)
+            else:
+                self._folder.rename(self.path)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drop the bag being written: nothing appears at ``path`` (for a write that failed part-way)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        shutil.rmtree(self._staging, ignore_errors=True)
 
 
 # -- datasets → bags ---------------------------------------------------------------------------------------------
@@ -504,7 +587,7 @@ def dataset_samples(
 
     ``synthetic``: ``frames`` procedural scenes of ``size`` (H, W) from ``seed`` (NYUv2-40 ids, 0 = unlabeled).
     Other names (``nyudv2``, ``sunrgbd``, ``cityscapes``): the first ``frames`` samples (all if None) of
-    ``split`` under ``root``, read by ``training.datasets``; their train ids are turned back into dataset
+    ``split`` under ``root``, read by ``rgbd_seg_ros.datasets``; their train ids are turned back into dataset
     ids (:func:`train_to_dataset_ids`). Arguments are checked before the first sample is made.
     """
     from rgbd_seg_ros.labels import get_label_set
@@ -522,35 +605,27 @@ def dataset_samples(
         return ((s.frame, s.labels) for s in map(generator.sample, range(frames)))
     if root is None:
         raise ValueError(f"dataset {name!r} needs its root folder")
-    try:
-        from training.datasets import build_dataset
-    except ImportError:
-        raise ValueError(
-            f"dataset {name!r} is read by the repository's training package; run from the source checkout"
-        ) from None
+    from rgbd_seg_ros.datasets import build_dataset
+
     dataset = build_dataset(name, root, split)
     label_set = get_label_set(DATASET_LABEL_SETS[name])
     count = len(dataset) if frames is None else min(frames, len(dataset))
     return ((s.frame, train_to_dataset_ids(s.labels, label_set)) for s in map(dataset.__getitem__, range(count)))
 
 
-def metres_to_mm(depth: np.ndarray) -> np.ndarray:
-    """float32 metres (NaN = invalid) → uint16 millimetres (0 = invalid), rounded, as 16UC1 depth stores it."""
-    mm = np.round(np.nan_to_num(np.asarray(depth, np.float64), nan=0.0) * 1000.0)
-    return np.where((mm > 0) & (mm <= 65535), mm, 0).astype(np.uint16)
-
-
 def train_to_dataset_ids(train_ids: np.ndarray, label_set: LabelSet) -> np.ndarray:
     """Invert :meth:`LabelSet.to_train_ids`: train ids (``ignore_index`` = void) → the dataset's stored ids.
 
-    Each train id maps to the smallest dataset id that maps to it (NYUv2-40: ``k → k + 1``, 255 → 0).
+    Each train id maps to the smallest dataset id that maps to it (NYUv2-40: ``k → k + 1``, 255 → 0). A train id
+    that no dataset id maps to (a model's own "void" class) becomes the dataset's unlabelled id, as void does.
     """
     table = label_set.id_to_train
     if table is None:
         raise ValueError(f"label set {label_set.name!r} has no dataset-id mapping")
     if max(table) > 65535 or len(table) > 65536:
         raise ValueError(f"label set {label_set.name!r} has ids too large for a 16-bit label image")
-    inverse = np.zeros(label_set.ignore_index + 1, dtype=np.int64)
+    unlabelled = min((i for i, t in enumerate(table) if t == label_set.ignore_index), default=0)
+    inverse = np.full(label_set.ignore_index + 1, unlabelled, dtype=np.int64)
     for dataset_id in reversed(range(len(table))):  # reversed: the smallest dataset id wins
         inverse[table[dataset_id]] = dataset_id
     ids = inverse[np.asarray(train_ids, dtype=np.int64)]
@@ -563,8 +638,8 @@ class StreamTiming:
 
     Colour frame ``i`` is stamped ``start_ns + i / fps``; its depth ``N(0, jitter_ms)`` later (clipped to
     ±2σ, so at most 6 ms with the default, below the node's 20 ms slop). Each image is received (written)
-    a uniform ``delay_ms`` after its stamp; its CameraInfo 0.1 ms after the image; the label image with
-    the colour image, stamped like it.
+    a uniform ``delay_ms`` after its stamp; its CameraInfo :data:`CAMERA_INFO_DELAY_NS` after the image; the
+    label image with the colour image, stamped like it.
     """
 
     fps: float = 30.0
@@ -586,42 +661,74 @@ def write_dataset_bag(
     storage: str = "mcap",
     timing: StreamTiming = StreamTiming(),
     label_encoding: str = "mono8",
+    compressed: bool = False,
 ) -> dict[str, int]:
     """Write ``(frame, dataset ids or None)`` samples as a camera recording; returns messages per topic.
 
     Topics: :data:`COLOR_TOPIC` (rgb8), :data:`DEPTH_TOPIC` (16UC1 mm, registered to colour), both
     CameraInfo topics (the frame's intrinsics), and :data:`LABEL_TOPIC` (``label_encoding``) for samples
-    with labels. Frames keep their own ``frame_id``; stamps follow ``timing``, not ``frame.stamp_ns``.
+    with labels. Frames keep their own ``frame_id``; stamps follow ``timing``, not ``frame.stamp_ns``. Depth is
+    stored by :func:`~rgbd_seg_ros.frames.metres_to_millimetres_u16`. If a sample fails, nothing is left at ``path``.
+    ``compressed``: colour and depth as image_transport writes them instead (``sensor_msgs/CompressedImage``:
+    JPEG on ``<COLOR_TOPIC>/compressed``, ``16UC1; compressedDepth png`` on ``<DEPTH_TOPIC>/compressedDepth``).
     """
+    writer = BagWriter(path, storage).open()
+    try:
+        _write_samples(writer, samples, timing, label_encoding, compressed)
+    except BaseException:  # a sample that cannot be read or written: no half-written bag is left at ``path``
+        writer.discard()
+        raise
+    writer.close()
+    return dict(writer.counts)
+
+
+def _write_samples(
+    writer: BagWriter,
+    samples: Iterable[tuple[RGBDFrame, np.ndarray | None]],
+    timing: StreamTiming,
+    label_encoding: str,
+    compressed: bool = False,
+) -> None:
+    """Stamp the samples per ``timing`` and write their messages in receive order."""
     rng = np.random.default_rng(timing.seed)
     sigma = timing.jitter_ms * 1e6
     lo, hi = (d * 1e6 for d in timing.delay_ms)
     pending: list[tuple] = []  # heap of (log time, write order, kind, topic, payload, stamp, frame_id)
     order = 0
-    with BagWriter(path, storage) as writer:
-        for i, (frame, labels) in enumerate(samples):
-            color_stamp = timing.start_ns + round(i * _NS / timing.fps)
-            depth_stamp = color_stamp + round(float(np.clip(rng.normal(0.0, sigma), -2 * sigma, 2 * sigma)))
-            color_log = color_stamp + round(rng.uniform(lo, hi))
-            depth_log = depth_stamp + round(rng.uniform(lo, hi))
-            events = [
-                (color_log, "image", COLOR_TOPIC, (frame.rgb, "rgb8"), color_stamp),
-                (color_log + 100_000, "info", COLOR_INFO_TOPIC, frame.intrinsics, color_stamp),
-                (depth_log, "image", DEPTH_TOPIC, (metres_to_mm(frame.depth), "16UC1"), depth_stamp),
-                (depth_log + 100_000, "info", DEPTH_INFO_TOPIC, frame.intrinsics, depth_stamp),
+    for i, (frame, labels) in enumerate(samples):
+        color_stamp = timing.start_ns + round(i * _NS / timing.fps)
+        depth_stamp = color_stamp + round(float(np.clip(rng.normal(0.0, sigma), -2 * sigma, 2 * sigma)))
+        color_log = color_stamp + round(rng.uniform(lo, hi))
+        depth_log = depth_stamp + round(rng.uniform(lo, hi))
+        depth_mm = metres_to_millimetres_u16(frame.depth)
+        images = [
+            (color_log, "image", COLOR_TOPIC, (frame.rgb, "rgb8"), color_stamp),
+            (depth_log, "image", DEPTH_TOPIC, (depth_mm, "16UC1"), depth_stamp),
+        ]
+        if compressed:
+            color_topic = COLOR_TOPIC + COMPRESSED_SUFFIXES["colour"]
+            depth_topic = DEPTH_TOPIC + COMPRESSED_SUFFIXES["depth"]
+            images = [
+                (color_log, "compressed", color_topic, encode_color(frame.rgb), color_stamp),
+                (depth_log, "compressed", depth_topic, encode_depth(depth_mm), depth_stamp),
             ]
-            if labels is not None:
-                events.append((color_log, "image", LABEL_TOPIC, (np.asarray(labels), label_encoding), color_stamp))
-            for log, kind, topic, payload, stamp in events:
-                heapq.heappush(pending, (log, order, kind, topic, payload, stamp, frame.frame_id))
-                order += 1
-            # Everything received before the earliest possible later message can be written, in receive order.
-            horizon = timing.start_ns + round((i + 1) * _NS / timing.fps) - 2 * sigma
-            while pending and pending[0][0] < horizon:
-                _write_event(writer, heapq.heappop(pending))
-        while pending:
+        events = [
+            images[0],
+            (color_log + CAMERA_INFO_DELAY_NS, "info", COLOR_INFO_TOPIC, frame.intrinsics, color_stamp),
+            images[1],
+            (depth_log + CAMERA_INFO_DELAY_NS, "info", DEPTH_INFO_TOPIC, frame.intrinsics, depth_stamp),
+        ]
+        if labels is not None:
+            events.append((color_log, "image", LABEL_TOPIC, (np.asarray(labels), label_encoding), color_stamp))
+        for log, kind, topic, payload, stamp in events:
+            heapq.heappush(pending, (log, order, kind, topic, payload, stamp, frame.frame_id))
+            order += 1
+        # Everything received before the earliest possible later message can be written, in receive order.
+        horizon = timing.start_ns + round((i + 1) * _NS / timing.fps) - 2 * sigma
+        while pending and pending[0][0] < horizon:
             _write_event(writer, heapq.heappop(pending))
-        return dict(writer.counts)
+    while pending:
+        _write_event(writer, heapq.heappop(pending))
 
 
 def _write_event(writer: BagWriter, event: tuple) -> None:
@@ -629,5 +736,8 @@ def _write_event(writer: BagWriter, event: tuple) -> None:
     if kind == "image":
         array, encoding = payload
         writer.write_image(topic, array, encoding, stamp, frame_id, log)
+    elif kind == "compressed":
+        fmt, data = payload
+        writer.write_compressed_image(topic, fmt, data, stamp, frame_id, log)
     else:
         writer.write_camera_info(topic, payload, stamp, frame_id, log)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rgbd_seg_ros.pipeline import STAGES, Segmenter
+from rgbd_seg_ros.settings import RunOptions
 from rgbd_seg_ros.synthetic import SceneGenerator
 
 
@@ -74,30 +75,35 @@ def header() -> str:
 
 def run(
     checkpoint: str | Path | None = None,
-    sizes: tuple[tuple[int, int], ...] = ((240, 320), (480, 640)),
-    device: str = "auto",
+    sizes: tuple[tuple[int, int], ...] = ((480, 640),),
     frames: int = 10,
-    backend: str = "torch",
+    options: RunOptions | None = None,
 ) -> list[PipelineTiming]:
-    """Benchmark a checkpoint (default: a random-weight SGNet-R18, 40 classes) and print a table (ms)."""
+    """Benchmark a checkpoint (default: a random-weight SGNet-R18, 40 classes, torch) on synthetic frames of each
+    of ``sizes`` (H, W) with ``options`` (the package's defaults when None) and print a table (ms)."""
+    options = options or RunOptions()
     if checkpoint is None:
         from rgbd_seg_ros.models import build_model
 
         name = "sgnet-r18"
         model = build_model("sgnet", 40, backbone="resnet18")
-        segmenters = {size: Segmenter.from_model(model, "nyuv2-40", device=device) for size in sizes}
+        segmenter = Segmenter.from_model(
+            model, "nyuv2-40", device=options.device, input_size=options.input_size, options=options
+        )
     else:
         name = Path(checkpoint).stem[:14]
-        segmenters = {
-            size: Segmenter.from_checkpoint(checkpoint, device=device, backend=backend, input_size=size)
-            for size in sizes
-        }
-    threads = torch.get_num_threads()
-    print(f"device: {next(iter(segmenters.values())).device}, torch threads: {threads}, times in ms (median)")
-    print(header())
+        segmenter = Segmenter.from_checkpoint(checkpoint, options)
     results = []
-    for size, seg in segmenters.items():
-        timing = time_pipeline(seg, size, frames=frames)
+    for i, size in enumerate(sizes):
+        timing = time_pipeline(segmenter, size, frames=frames)
+        if i == 0:
+            model_h, model_w = segmenter.model_size(size)
+            print(
+                f"backend: {segmenter.backend_name}, device: {segmenter.device}, threads: {torch.get_num_threads()}, "
+                f"model input: {model_h}x{model_w}; "
+                "times in ms (median)"
+            )
+            print(header())
         print(format_timing(name, timing), flush=True)
         results.append(timing)
     return results

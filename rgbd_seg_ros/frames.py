@@ -4,14 +4,18 @@ Conventions (REP 103/118, ``sensor_msgs/CameraInfo``):
 
 * Pixel ``(u, v)`` are 0-based column/row indices at pixel *centres*; the camera optical frame has
   x right, y down, z forward, so a pixel back-projects to ``((u - cx) z / fx, (v - cy) z / fy, z)``.
-* Depth inside the library is float32 metres with NaN for "no measurement". Sensor encodings
-  (16UC1 millimetres with 0 = invalid, 32FC1 metres with NaN/inf/0 = invalid) become that here, once,
-  through :func:`depth_to_metres`.
+* Depth inside the library is float32 metres with NaN for "no measurement". Sensor encodings become that
+  here, once, through :func:`depth_to_metres`: 16UC1 millimetres with the sentinels 0 and 65535 (no return,
+  out of range) invalid, 32FC1 metres with NaN, ±inf and ≤ 0 invalid. :func:`depth_units_warning` says when
+  the values do not look like their encoding's unit. The sensor's valid range is applied later, by the
+  Segmenter (:func:`limit_depth_range`), before hole filling and encoding.
+* Gravity (:attr:`RGBDFrame.gravity`, e.g. from an IMU) is a unit 3-vector in the camera optical frame pointing
+  the way gravity pulls (down): a level camera has ``(0, 1, 0)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,9 +94,11 @@ def depth_to_metres(depth: np.ndarray, scale: float | None = None) -> np.ndarray
     """Convert a sensor depth image to float32 metres with NaN for every invalid pixel.
 
     Args:
-        depth: H×W array. Integer types (16UC1) are millimetres by default with 0 = invalid; float types
-            (32FC1) are metres with NaN, ±inf and values ≤ 0 invalid.
-        scale: metres per unit, overriding the default (0.001 for integers, 1.0 for floats).
+        depth: H×W array. Integer types (16UC1) are millimetres by default; 0 and the type's largest value
+            (65535 for 16 bits: Kinect v2 / libfreenect2 "out of range") are invalid. Float types (32FC1) are
+            metres with NaN, ±inf and values ≤ 0 invalid.
+        scale: metres per unit, overriding the default (0.001 for integers, 1.0 for floats); the sentinels are
+            those of the raw values whatever the scale.
     """
     depth = np.asarray(depth)
     if depth.ndim == 3 and depth.shape[2] == 1:
@@ -109,8 +115,94 @@ def depth_to_metres(depth: np.ndarray, scale: float | None = None) -> np.ndarray
         raise ValueError(f"depth scale must be > 0 metres per unit, got {unit}")
     metres = depth.astype(np.float32) * np.float32(unit)
     with np.errstate(invalid="ignore"):
-        metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+        invalid = ~(np.isfinite(metres) & (metres > 0))
+    if np.issubdtype(depth.dtype, np.integer):
+        invalid |= depth == np.iinfo(depth.dtype).max
+    metres[invalid] = np.nan
     return metres
+
+
+#: Largest depth a 16-bit millimetre image stores: 65534 mm. 65535 is never written: it is the "out of range"
+#: sentinel that :func:`depth_to_metres` reads as invalid.
+MAX_DEPTH_MM_U16 = 65534
+
+
+def metres_to_millimetres_u16(depth: np.ndarray) -> np.ndarray:
+    """float metres (NaN = invalid) → uint16 millimetres (16UC1, REP 118), rounded to the nearest millimetre.
+
+    The one rule, as ROS 16UC1 depth has it: 0 = no measurement. NaN, ±inf, depth that rounds to 0 mm and depth
+    beyond :data:`MAX_DEPTH_MM_U16` (from 65.5345 m) all become 0; nothing saturates. Every value written reads
+    back through :func:`depth_to_metres` as itself (to the millimetre) or as invalid.
+    """
+    mm = np.round(np.asarray(depth, dtype=np.float64) * 1000.0)
+    with np.errstate(invalid="ignore"):
+        valid = (mm >= 1) & (mm <= MAX_DEPTH_MM_U16)  # False for NaN and ±inf
+    return np.where(valid, mm, 0).astype(np.uint16)
+
+
+#: ``RGBDFrame.meta`` key under which frame makers (``ros/convert.py``) leave :func:`depth_units_warning`'s text.
+DEPTH_UNITS_WARNING = "depth_units_warning"
+#: 16-bit depth whose largest valid value is below this looks like metres, not millimetres.
+_MM_LOOKS_LIKE_METRES = 20
+#: Float depth whose median valid value is above this looks like millimetres, not metres.
+_METRES_LOOK_LIKE_MM = 100.0
+
+
+def depth_units_warning(depth: np.ndarray, scale: float | None = None) -> str | None:
+    """The warning to log when raw sensor depth does not look like its encoding's unit, else None.
+
+    Integer depth (16UC1, millimetres) whose valid values all lie below 20 looks like metres; float depth (32FC1,
+    metres) whose median valid value is above 100 looks like millimetres. Nothing is said when ``scale`` (metres
+    per unit) is given: the unit was chosen explicitly. Checks every 4th row and column (cheap enough per frame).
+    """
+    if scale is not None and scale > 0:
+        return None
+    raw = np.asarray(depth)
+    raw = raw[::4, ::4] if raw.ndim >= 2 else raw
+    if np.issubdtype(raw.dtype, np.integer):
+        valid = raw[(raw > 0) & (raw < np.iinfo(raw.dtype).max)]
+        if valid.size and valid.max() < _MM_LOOKS_LIKE_METRES:
+            return (
+                f"integer (16UC1) depth is read as millimetres, but its largest value is {int(valid.max())}: that "
+                "looks like metres; set depth_scale to the metres per unit (1.0 for metres)"
+            )
+    elif np.issubdtype(raw.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            valid = raw[np.isfinite(raw) & (raw > 0)]
+        median = float(np.median(valid)) if valid.size else 0.0
+        if median > _METRES_LOOK_LIKE_MM:
+            return (
+                f"float (32FC1) depth is read as metres, but its median is {median:.0f}: that looks like "
+                "millimetres; set depth_scale to the metres per unit (0.001 for millimetres)"
+            )
+    return None
+
+
+def limit_depth_range(frame: RGBDFrame, min_m: float, max_m: float) -> RGBDFrame:
+    """``frame`` with depth outside [``min_m``, ``max_m``] metres (and NaN/inf) set to NaN: the valid range of the
+    sensor, applied before hole filling and encoding. Returns ``frame`` itself when nothing changes."""
+    depth = frame.depth
+    with np.errstate(invalid="ignore"):
+        bad = ~((depth >= np.float32(min_m)) & (depth <= np.float32(max_m)))
+    bad &= ~np.isnan(depth)  # already invalid
+    if not bad.any():
+        return frame
+    depth = depth.copy()
+    depth[bad] = np.nan
+    return replace(frame, depth=depth)
+
+
+#: Valid-depth fraction below which the node and replay report a depth outage (``min_valid_depth``).
+DEFAULT_MIN_VALID_DEPTH = 0.2
+
+
+def valid_depth_fraction(frame: RGBDFrame, min_m: float, max_m: float) -> float:
+    """Fraction (0..1) of ``frame``'s pixels with a depth in [``min_m``, ``max_m``] metres: what the model gets as
+    measured depth after :func:`limit_depth_range`, before hole filling."""
+    depth = frame.depth
+    with np.errstate(invalid="ignore"):
+        valid = (depth >= np.float32(min_m)) & (depth <= np.float32(max_m))
+    return float(np.count_nonzero(valid)) / max(1, depth.size)
 
 
 @dataclass
@@ -123,6 +215,10 @@ class RGBDFrame:
         intrinsics: of the colour image (and hence of the registered depth), ``width``×``height`` = W×H.
         stamp_ns: acquisition time in nanoseconds (the colour image's header stamp).
         frame_id: the optical frame of the colour camera.
+        meta: free per-frame extras (e.g. a precomputed ``"hha"`` image, :data:`DEPTH_UNITS_WARNING`).
+        gravity: known gravity (e.g. from an IMU): float64 unit 3-vector in this camera's optical frame (x right,
+            y down, z forward) pointing the way gravity pulls, so a level camera has ``(0, 1, 0)``; any non-zero
+            length is normalised. None = unknown: HHA estimates it from the depth image.
     """
 
     rgb: np.ndarray
@@ -131,6 +227,7 @@ class RGBDFrame:
     stamp_ns: int = 0
     frame_id: str = "camera_color_optical_frame"
     meta: dict[str, Any] = field(default_factory=dict)
+    gravity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         rgb, depth = np.asarray(self.rgb), np.asarray(self.depth)
@@ -152,6 +249,12 @@ class RGBDFrame:
                 f"{rgb.shape[1]}x{rgb.shape[0]}"
             )
         self.rgb, self.depth = rgb, depth
+        if self.gravity is not None:
+            g = np.asarray(self.gravity, dtype=np.float64).reshape(-1)
+            norm = float(np.linalg.norm(g)) if g.size == 3 else 0.0
+            if not (np.isfinite(g).all() and norm > 0):
+                raise ValueError(f"RGBDFrame.gravity must be a finite non-zero 3-vector, got {self.gravity!r}")
+            self.gravity = g / norm
 
     @property
     def height(self) -> int:
@@ -165,7 +268,8 @@ class RGBDFrame:
         """The frame resampled to ``height`` × ``width``, intrinsics following.
 
         Colour is interpolated (area when shrinking, bilinear when enlarging); depth takes the nearest sample
-        so that holes and depth edges are not smeared into invented values. ``meta`` is carried over unchanged.
+        so that holes and depth edges are not smeared into invented values. ``meta`` and ``gravity`` are carried over
+        unchanged (a resize does not rotate the camera).
         """
         import cv2
 
@@ -174,6 +278,18 @@ class RGBDFrame:
         shrink = height * width < self.height * self.width
         rgb = cv2.resize(self.rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         depth = cv2.resize(self.depth, (width, height), interpolation=cv2.INTER_NEAREST)
-        return RGBDFrame(
-            rgb, depth, self.intrinsics.scaled(width, height), self.stamp_ns, self.frame_id, dict(self.meta)
+        intrinsics = self.intrinsics.scaled(width, height)
+        return replace(self, rgb=rgb, depth=depth, intrinsics=intrinsics, meta=dict(self.meta))
+
+    def flipped(self) -> RGBDFrame:
+        """The horizontally mirrored frame, i.e. the frame of the mirrored scene (x → −x): intrinsics follow
+        (:meth:`CameraIntrinsics.flipped`) and so does gravity's x component."""
+        gravity = None if self.gravity is None else self.gravity * np.array([-1.0, 1.0, 1.0])
+        return replace(
+            self,
+            rgb=np.ascontiguousarray(self.rgb[:, ::-1]),
+            depth=np.ascontiguousarray(self.depth[:, ::-1]),
+            intrinsics=self.intrinsics.flipped(),
+            meta=dict(self.meta),
+            gravity=gravity,
         )

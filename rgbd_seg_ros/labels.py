@@ -237,13 +237,26 @@ _CITYSCAPES19 = (
     ("motorcycle", (0, 0, 230)), ("bicycle", (119, 11, 32)),
 )  # fmt: skip
 
+# DeepScene label sets (AdapNet++ / SSMA released models, DeepSceneSeg/AdapNet-pp images/class_id.txt): class 0 is
+# "void" and the models predict it like any other class; ground truth 0 is ignored, as the authors' mIoU does.
+_DEEPSCENE12_NAMES = (
+    "void", "sky", "building", "road", "sidewalk", "fence", "vegetation", "pole", "car/truck/bus", "traffic sign",
+    "pedestrian", "rider/bicycle/motorcycle",
+)  # fmt: skip
+_SCANNET21_NAMES = (
+    "void", "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+    "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub", "other furniture",
+)  # fmt: skip
+_FOREST6_NAMES = ("void", "trail", "grass", "vegetation", "sky", "obstacle")
+
 # Cityscapes labelId (0..33) of each trainId 0..18; every other labelId is void.
 _CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
 
-def _one_based(k: int, ignore: int = 255) -> tuple[int, ...]:
-    """Dataset ids ``0`` = unlabelled, ``1..k`` = classes → ``(ignore, 0, 1, …, k-1)``."""
-    return (ignore, *range(k))
+def _one_based(k: int, ignore: int = 255, void_first: bool = False) -> tuple[int, ...]:
+    """Dataset ids ``0`` = unlabelled, ``1..k`` = classes → ``(ignore, 0, 1, …, k-1)``; with ``void_first`` (a set
+    whose class 0 is "void") → ``(ignore, 1, …, k)``."""
+    return (ignore, *range(int(void_first), k + int(void_first)))
 
 
 def _cityscapes_id_to_train(ignore: int = 255) -> tuple[int, ...]:
@@ -267,6 +280,17 @@ def _build_label_sets() -> dict[str, LabelSet]:
             id_to_train=_cityscapes_id_to_train(),
         ),
         "synthetic": LabelSet("synthetic", nyu40.class_names, nyu40.palette, id_to_train=nyu40.id_to_train),
+        **{
+            name: LabelSet(name, names, palette, id_to_train=_one_based(len(names) - 1, void_first=True))
+            for name, names, palette in (
+                ("deepscene-12", _DEEPSCENE12_NAMES, voc[:12]),
+                ("sunrgbd-38", ("void", *_SUNRGBD37_NAMES), voc[:38]),
+                ("scannet-21", _SCANNET21_NAMES, voc[:21]),
+                ("freiburg-forest-6", _FOREST6_NAMES, voc[:6]),
+                # predicted void in Cityscapes' "dynamic" (void-category) colour, so it differs from no prediction
+                ("cityscapes-20", ("void", *dict(_CITYSCAPES19)), [(111, 74, 0), *dict(_CITYSCAPES19).values()]),
+            )
+        },
     }
 
 

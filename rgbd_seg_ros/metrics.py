@@ -156,20 +156,24 @@ class ConfusionMatrix:
         return _nanmean(self.per_class_accuracy())
 
     def as_dict(self, class_names: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
-        """JSON-ready summary (NaN → ``None``): ``miou``, ``pixel_accuracy``, ``mean_accuracy``,
-        ``per_class_iou`` and ``per_class_accuracy`` (lists in class order), ``num_pixels``, and
-        ``class_names`` when given."""
+        """JSON-ready summary in **percent** (0–100; NaN → ``None``), the one unit of every log, report and
+        ``metrics.json``: ``miou``, ``pixel_accuracy``, ``mean_accuracy``, ``per_class_iou`` and
+        ``per_class_accuracy`` (lists in class order), ``unit`` (``"percent"``), ``num_pixels``,
+        ``confusion_matrix`` (pixel counts, rows = ground truth, columns = prediction), and ``class_names`` when
+        given. The methods (:meth:`miou`, ...) return fractions."""
 
-        def clean(x: float) -> float | None:
-            return None if np.isnan(x) else float(x)
+        def percent(x: float) -> float | None:
+            return None if np.isnan(x) else 100.0 * float(x)
 
         out: dict[str, Any] = {
-            "miou": clean(self.miou()),
-            "pixel_accuracy": clean(self.pixel_accuracy()),
-            "mean_accuracy": clean(self.mean_accuracy()),
-            "per_class_iou": [clean(v) for v in self.per_class_iou()],
-            "per_class_accuracy": [clean(v) for v in self.per_class_accuracy()],
+            "miou": percent(self.miou()),
+            "pixel_accuracy": percent(self.pixel_accuracy()),
+            "mean_accuracy": percent(self.mean_accuracy()),
+            "per_class_iou": [percent(v) for v in self.per_class_iou()],
+            "per_class_accuracy": [percent(v) for v in self.per_class_accuracy()],
+            "unit": "percent",
             "num_pixels": self.total,
+            "confusion_matrix": self.matrix.tolist(),
         }
         if class_names is not None:
             if len(class_names) != self.num_classes:

@@ -3,8 +3,8 @@
 The ROS node, the bag replay and the offline evaluation all call :class:`Segmenter`, so a model sees exactly
 the same preprocessing everywhere:
 
-    resize (intrinsics follow) → depth fill → encode per the model's InputSpec → backend → logits
-    → upsample to the frame size → softmax / argmax
+    depth range → resize (intrinsics follow) → depth fill → encode per the model's InputSpec → backend → logits
+    → labels and confidence at the frame size (``postprocess.py``)
 
 Training uses the same :func:`rgbd_seg_ros.depth.encode.encode_frame` on its augmented frames.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rgbd_seg_ros.backends import Backend, OnnxRuntimeBackend, TorchBackend, read_onnx_metadata
+from rgbd_seg_ros.backends import (
+    Backend,
+    CachedOnnxBackend,
+    OnnxRuntimeBackend,
+    TorchBackend,
+    read_onnx_metadata,
+    resolve_device,
+)
 from rgbd_seg_ros.depth.encode import InputSpec, encode_frame
-from rgbd_seg_ros.frames import RGBDFrame
+from rgbd_seg_ros.frames import RGBDFrame, limit_depth_range
 from rgbd_seg_ros.labels import LabelSet, get_label_set
+from rgbd_seg_ros.postprocess import labels_and_confidence
+from rgbd_seg_ros.settings import (
+    DEFAULT_DEPTH_RANGE_M,
+    RunOptions,
+    apply_num_threads,
+    default_cache_dir,
+    resolve_backend,
+    resolve_depth_fill,
+    resolve_depth_range,
+    resolve_input_size,
+)
 
 STAGES = ("resize", "fill", "encode", "transfer", "model", "postprocess")
 
@@ -36,7 +54,8 @@ class Segmentation:
 
     Attributes:
         labels: H×W uint8 (uint16 for > 255 classes) train ids of ``label_set``.
-        confidence: H×W float32 in [0, 1], the softmax probability of the chosen class.
+        confidence: H×W float32 in [0, 1], the softmax probability of the chosen class (at the model's resolution,
+            interpolated to the frame's: :mod:`rgbd_seg_ros.postprocess`).
         timings: milliseconds per stage (:data:`STAGES`) and ``total``.
         class_probabilities: K×H×W float32 softmax, only when requested.
     """
@@ -45,17 +64,6 @@ class Segmentation:
     confidence: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     class_probabilities: np.ndarray | None = None
-
-
-def flip_frame(frame: RGBDFrame) -> RGBDFrame:
-    """The horizontally mirrored frame (a mirrored scene: intrinsics follow, x → −x)."""
-    return replace(
-        frame,
-        rgb=np.ascontiguousarray(frame.rgb[:, ::-1]),
-        depth=np.ascontiguousarray(frame.depth[:, ::-1]),
-        intrinsics=frame.intrinsics.flipped(),
-        meta=dict(frame.meta),
-    )
 
 
 class Segmenter:
@@ -70,6 +78,7 @@ class Segmenter:
             model's ``size_divisor``.
         depth_fill: ``"fast"``, ``"colorization"`` or ``"none"`` (see ``depth/completion.py``).
         metadata: the checkpoint metadata (kept for export and reports).
+        depth_range_m: (min, max) valid depth in metres; depth outside it is invalid (NaN) before filling.
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class Segmenter:
         input_size: tuple[int, int] | None = None,
         depth_fill: str = "fast",
         metadata: dict[str, Any] | None = None,
+        depth_range_m: tuple[float, float] = DEFAULT_DEPTH_RANGE_M,
     ) -> None:
         if depth_fill not in ("fast", "colorization", "none"):
             raise ValueError(f"depth_fill must be 'fast', 'colorization' or 'none', got {depth_fill!r}")
@@ -91,44 +101,48 @@ class Segmenter:
         self.input_size = tuple(input_size) if input_size is not None else None
         self.depth_fill = depth_fill
         self.metadata = dict(metadata or {})
+        self.depth_range_m = (float(depth_range_m[0]), float(depth_range_m[1]))
         self.labels_dtype = np.uint8 if label_set.num_classes <= 255 else np.uint16
 
     # -- construction -----------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        device: str = "auto",
-        precision: str = "auto",
-        backend: str = "torch",
-        input_size: tuple[int, int] | None = None,
-        depth_fill: str = "fast",
-        compile: bool = False,
-    ) -> Segmenter:
+    def from_checkpoint(cls, path: str | Path, options: RunOptions | None = None, **overrides: Any) -> Segmenter:
         """Load a checkpoint (``.safetensors`` + JSON metadata from ``save_checkpoint``) or an exported ``.onnx``.
+
+        Args:
+            path: the model file.
+            options: how to run it (:class:`~rgbd_seg_ros.settings.RunOptions`; its defaults are the package's).
+            **overrides: :class:`RunOptions` fields replacing those of ``options`` (e.g. ``device="cpu"``), and
+                ``compile=True`` for ``torch.compile`` on the torch backend.
+
+        Unset options follow the rules of :mod:`rgbd_seg_ros.settings`: the checkpoint's stored input size and
+        depth fill, ``backend="auto"`` (ONNX Runtime on the CPU through the export cache, torch on CUDA).
 
         Raises:
             FileNotFoundError: no such file. ValueError: the file is not a checkpoint of a registered model.
         """
+        compile_model = bool(overrides.pop("compile", False))
+        opts = (options or RunOptions()).with_overrides(**overrides)
         path = Path(path)
-        if backend == "onnxruntime" or path.suffix == ".onnx":
-            if path.suffix != ".onnx":
-                raise ValueError(
-                    f"backend 'onnxruntime' needs an .onnx file (export one with `rgbd-seg export`): {path}"
-                )
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        device = opts.device
+        backend = resolve_backend(opts.backend, device if device != "auto" else resolve_device("auto"), path)
+        if path.suffix == ".onnx":
             metadata = read_onnx_metadata(path)
-            runner: Backend = OnnxRuntimeBackend(path, device=device)
-            exported = metadata.get("input_size")
-            if input_size is None and exported is not None:
-                input_size = tuple(exported)
-        elif backend == "torch":
+            runner: Backend = OnnxRuntimeBackend(path, device, opts.num_threads, opts.cache_dir or default_cache_dir())
+        else:
             from rgbd_seg_ros.models.checkpoints import load_checkpoint
 
             model, metadata = load_checkpoint(path)
-            runner = TorchBackend(model, device=device, precision=precision, compile=compile)
-        else:
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-        return cls._from_metadata(runner, metadata, input_size, depth_fill)
+            if backend == "torch":
+                runner = TorchBackend(model, device, opts.precision, compile_model, opts.num_threads)
+            else:
+                apply_num_threads(opts.num_threads)
+                cache = opts.cache_dir or default_cache_dir()
+                runner = CachedOnnxBackend(model, metadata, path, cache, device, opts.num_threads)
+        input_size = None if opts.native_size else resolve_input_size(opts.input_size, metadata, path.name)
+        return cls._from_metadata(runner, metadata, input_size, resolve_depth_fill(opts.depth_fill, metadata), opts)
 
     @classmethod
     def from_model(
@@ -139,23 +153,35 @@ class Segmenter:
         precision: str = "auto",
         input_size: tuple[int, int] | None = None,
         depth_fill: str = "fast",
+        options: RunOptions | None = None,
     ) -> Segmenter:
-        """Wrap a model built by ``build_model`` (it carries ``input_spec`` and ``config``)."""
+        """Wrap a model built by ``build_model`` (it carries ``input_spec`` and ``config``); always the torch backend
+        (there is no checkpoint file to export). ``options`` supplies the thread count and depth range."""
+        opts = options or RunOptions()
         label_set = get_label_set(label_set)
         config = getattr(model, "config", {})
         metadata = {**config, "model": config.get("name", type(model).__name__), "label_set": label_set.name}
         return cls(
-            TorchBackend(model, device=device, precision=precision),
+            TorchBackend(model, device=device, precision=precision, num_threads=opts.num_threads),
             model.input_spec,
             label_set,
             model_name=metadata["model"],
             input_size=input_size,
             depth_fill=depth_fill,
             metadata=metadata,
+            depth_range_m=resolve_depth_range(opts, metadata),
         )
 
     @classmethod
-    def _from_metadata(cls, runner: Backend, metadata: dict[str, Any], input_size, depth_fill) -> Segmenter:
+    def _from_metadata(
+        cls,
+        runner: Backend,
+        metadata: dict[str, Any],
+        input_size: tuple[int, int] | None,
+        depth_fill: str,
+        options: RunOptions | None = None,
+    ) -> Segmenter:
+        opts = options or RunOptions()
         spec = metadata.get("input_spec")
         spec = (
             InputSpec.from_dict(spec)
@@ -171,11 +197,34 @@ class Segmenter:
                 f"checkpoint predicts {num_classes} classes but its label set {label_set.name!r} has "
                 f"{label_set.num_classes}"
             )
-        return cls(runner, spec, label_set, metadata.get("model", "model"), input_size, depth_fill, metadata)
+        return cls(
+            runner,
+            spec,
+            label_set,
+            metadata.get("model", "model"),
+            input_size,
+            depth_fill,
+            metadata,
+            resolve_depth_range(opts, metadata),
+        )
 
     @property
     def device(self) -> str:
         return self.backend.device
+
+    @property
+    def backend_name(self) -> str:
+        """``torch`` or ``onnxruntime`` (with its execution provider once a session exists)."""
+        name = getattr(self.backend, "name", type(self.backend).__name__)
+        provider = getattr(self.backend, "provider", None)
+        return f"{name} ({provider})" if provider else name
+
+    def warmup(self, frame_size: tuple[int, int]) -> None:
+        """Run one synthetic frame of ``frame_size`` (H, W): builds the cached ONNX export and warms the backend,
+        so the first real frame is not slow."""
+        from rgbd_seg_ros.synthetic import SceneGenerator
+
+        self(SceneGenerator(frame_size[0], frame_size[1], seed=0).sample(0).frame)
 
     # -- inference --------------------------------------------------------------------------------------------
     def model_size(self, frame_size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:
@@ -195,6 +244,7 @@ class Segmenter:
         """
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
+        frame = limit_depth_range(frame, *self.depth_range_m)
         frame = frame.resized(*(size or self.model_size((frame.height, frame.width))))
         t1 = time.perf_counter()
         fill = self.depth_fill if self.input_spec.depth_encoding != "none" else "none"
@@ -208,7 +258,7 @@ class Segmenter:
         for scale in scales:
             size = self.model_size((frame.height, frame.width), scale)
             for mirrored in (False, True) if flip else (False,):
-                logits = self._forward(flip_frame(frame) if mirrored else frame, {}, size)
+                logits = self._forward(frame.flipped() if mirrored else frame, {}, size)
                 logits = logits.flip(-1) if mirrored else logits
                 logits = F.interpolate(logits, size=(frame.height, frame.width), mode="bilinear", align_corners=False)
                 total = logits if total is None else total + logits
@@ -264,15 +314,16 @@ class Segmenter:
         return out
 
     def _postprocess(self, logits: Tensor, height: int, width: int, probabilities: bool) -> Segmentation:
-        if logits.shape[-2:] != (height, width):
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        logits = logits[0]
-        top, labels = logits.max(0)
-        # Softmax probability of the arg-max class: 1 / Σ_k exp(l_k − l_max).
-        confidence = torch.exp(logits - top).sum(0).reciprocal()
-        probs = torch.softmax(logits, 0).cpu().numpy() if probabilities else None
+        """Labels and confidence at the frame size (:mod:`rgbd_seg_ros.postprocess`); the K×H×W softmax of the
+        upsampled logits only when ``probabilities``."""
+        labels, confidence = labels_and_confidence(logits[0], height, width)
+        probs = None
+        if probabilities:
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = torch.softmax(logits[0].float(), 0).cpu().numpy()
         return Segmentation(
-            labels=labels.to(torch.int32).cpu().numpy().astype(self.labels_dtype),
+            labels=labels.cpu().numpy().astype(self.labels_dtype, copy=False),
             confidence=confidence.float().cpu().numpy(),
             class_probabilities=probs,
         )

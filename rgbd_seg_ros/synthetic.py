@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame
+from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame, metres_to_millimetres_u16
 
 # NYUv2-40 ids of the classes the generator places.
 WALL, FLOOR, CABINET, BED, CHAIR, SOFA, TABLE, CEILING, BOX = 1, 2, 3, 4, 5, 6, 7, 22, 29
@@ -448,7 +448,7 @@ def write_dataset(
     names = [str(i) for i in range(n_train + n_test)]
     for i, name in enumerate(tqdm(names, desc="synthetic scenes", unit="frame", leave=False)):
         scene = gen.sample(i)
-        depth_mm = np.nan_to_num(np.round(scene.frame.depth * 1000.0), nan=0.0).clip(0, 65535).astype(np.uint16)
+        depth_mm = metres_to_millimetres_u16(scene.frame.depth)
         cv2.imwrite(str(root / "RGB" / f"{name}.png"), cv2.cvtColor(scene.frame.rgb, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(root / "Depth" / f"{name}.png"), depth_mm)
         cv2.imwrite(str(root / "Label" / f"{name}.png"), scene.labels)

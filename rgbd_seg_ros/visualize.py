@@ -19,3 +19,16 @@ def colorize_depth(depth_m: np.ndarray, max_m: float | None = None) -> np.ndarra
     rgb = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
     rgb[~valid] = 0
     return rgb
+
+
+def titled(image: np.ndarray, title: str) -> np.ndarray:
+    """A copy of the H×W×3 uint8 RGB ``image`` with ``title`` in its top-left corner (white on a black band), the
+    text sized to the image height."""
+    out = np.array(image, dtype=np.uint8, copy=True)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, out.shape[0] / 640)
+    thickness = max(1, round(scale * 1.5))
+    (width, height), baseline = cv2.getTextSize(title, font, scale, thickness)
+    pad = max(2, height // 3)
+    cv2.rectangle(out, (0, 0), (width + 2 * pad, height + baseline + 2 * pad), (0, 0, 0), cv2.FILLED)
+    cv2.putText(out, title, (pad, pad + height), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out

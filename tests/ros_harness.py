@@ -133,6 +133,19 @@ def depth_msg(metres: np.ndarray, t_ns: int, encoding: str = "16UC1", frame_id: 
     return _set_header(image_from_array(array, encoding), t_ns, frame_id)
 
 
+class Recorder:
+    """Stands in for the node's logger; keeps (level, text)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda text, **_: self.lines.append((level, str(text)))
+
+    def count(self, level, needle):
+        return sum(1 for lv, text in list(self.lines) if lv == level and needle in text)
+
+
 def info_msg(k: CameraIntrinsics, t_ns: int, frame_id: str = "depth_optical") -> CameraInfo:
     info = CameraInfo(width=k.width, height=k.height)
     info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]

@@ -1,4 +1,5 @@
-"""rosbag2 I/O without ROS: make-bag output, both storage formats, synchronisation as the node pairs, bad bags."""
+"""rosbag2 I/O without ROS: make-bag output, both storage formats, synchronisation as the node pairs, bad bags,
+no half-written bags, 16-bit depth at its limits."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 from rgbd_seg_ros.bag import (
+    CAMERA_INFO_DELAY_NS,
     COLOR_INFO_TOPIC,
     COLOR_TOPIC,
     DEFAULT_QUEUE_SIZE,
@@ -26,9 +28,10 @@ from rgbd_seg_ros.bag import (
     image_message,
     read_synchronized,
     train_to_dataset_ids,
+    write_dataset_bag,
 )
 from rgbd_seg_ros.cli import main
-from rgbd_seg_ros.frames import CameraIntrinsics
+from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame, depth_to_metres, metres_to_millimetres_u16
 from rgbd_seg_ros.labels import available_label_sets, get_label_set
 from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 from rgbd_seg_ros.synthetic import SceneGenerator
@@ -92,6 +95,8 @@ def test_make_bag_writes_a_camera_recording_with_ground_truth(tmp_path, storage)
         assert (di.width, di.height) == (40, 30)
     for topic in (COLOR_TOPIC, DEPTH_TOPIC, LABEL_TOPIC):
         assert all(5 * MS <= t - stamp(m) <= 15 * MS for t, m in msgs[topic])  # received 5–15 ms after capture
+    for image, info in ((COLOR_TOPIC, COLOR_INFO_TOPIC), (DEPTH_TOPIC, DEPTH_INFO_TOPIC)):
+        assert [t for t, _ in msgs[info]] == [t + CAMERA_INFO_DELAY_NS for t, _ in msgs[image]]
 
 
 def test_reader_opens_a_folder_its_storage_file_and_a_folder_without_metadata(tmp_path):
@@ -119,6 +124,59 @@ def test_single_file_writer_leaves_one_readable_file(tmp_path):
     assert [stamp(m) for _, m in read_all(path)["/x"]] == [5]
 
 
+@pytest.mark.parametrize("name", ["folder", "single.mcap", "single.db3"])
+def test_a_bag_that_fails_part_way_leaves_nothing_behind(tmp_path, name):
+    def samples():
+        frame = SceneGenerator(24, 32, seed=0).sample(0).frame
+        yield frame, None
+        yield frame, None
+        raise OSError("the dataset disk went away")
+
+    path = tmp_path / "out" / name
+    with pytest.raises(OSError, match="went away"):
+        write_dataset_bag(path, samples())
+    assert list((tmp_path / "out").iterdir()) == []  # no bag, no staging folder
+    counts = write_dataset_bag(path, (s for s in [(SceneGenerator(24, 32).sample(0).frame, None)]))
+    assert counts[COLOR_TOPIC] == 1 and [p.name for p in (tmp_path / "out").iterdir()] == [name]
+
+
+def test_a_bag_appears_at_its_path_only_when_it_is_closed(tmp_path):
+    path = tmp_path / "bag"
+    with BagWriter(path) as writer:
+        writer.write_image("/x", np.zeros((2, 3), np.uint8), "mono8", 5, "f")
+        assert not path.exists()
+    assert sorted(p.name for p in path.iterdir()) == ["bag.mcap", "metadata.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
+
+
+def test_metres_to_millimetres_u16_writes_0_for_everything_it_cannot_store():
+    metres = np.array([np.nan, np.inf, -np.inf, -1.0, 0.0, 0.0004, 0.0006, 1.0, 1.2344, 65.534, 65.5344, 65.5346, 70.0])
+    #                  invalid ...............................  <0.5 mm  1 mm    1 m   1234   largest ...  too far
+    expected = [0, 0, 0, 0, 0, 0, 1, 1000, 1234, 65534, 65534, 0, 0]
+    mm = metres_to_millimetres_u16(metres)
+    assert mm.dtype == np.uint16 and mm.tolist() == expected
+    back = depth_to_metres(mm[None])[0]  # every stored value reads back as itself, every 0 as invalid
+    stored = mm > 0
+    np.testing.assert_allclose(back[stored], metres[stored], atol=5e-4)
+    assert np.isnan(back[~stored]).all()
+    assert np.isnan(depth_to_metres(np.array([[65535]], np.uint16))).all()  # why 65535 is never written
+
+
+def test_the_depth_cache_and_bags_store_depth_with_the_same_rule(tmp_path):
+    import cv2
+
+    from rgbd_seg_ros.datasets.cache import encode_product
+
+    depth = np.array([[np.nan, 0.5, 65.5346], [1.0, 65.534, 80.0]], np.float32)
+    png = cv2.imdecode(np.frombuffer(encode_product("depth_filled", depth), np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(png, metres_to_millimetres_u16(depth))
+    frame = RGBDFrame(np.zeros((2, 3, 3), np.uint8), depth, CameraIntrinsics(3, 3, 1, 1, 3, 2))
+    write_dataset_bag(tmp_path / "bag", [(frame, None)])
+    ((_, msg),) = read_all(tmp_path / "bag")[DEPTH_TOPIC]
+    np.testing.assert_array_equal(pixels(msg, np.uint16), metres_to_millimetres_u16(depth))
+    assert pixels(msg, np.uint16).tolist() == [[0, 500, 0], [1000, 65534, 0]]
+
+
 def test_image_message_refuses_arrays_that_do_not_fit_the_encoding():
     image_message(np.zeros((2, 3), np.float32), "32FC1", 0, "f")
     with pytest.raises(ValueError, match="not a mono8 image"):
@@ -130,9 +188,12 @@ def test_image_message_refuses_arrays_that_do_not_fit_the_encoding():
 @pytest.mark.parametrize("name", available_label_sets())
 def test_train_ids_go_back_to_dataset_ids_that_map_to_them(name):
     label_set = get_label_set(name)
+    reachable = set(label_set.id_to_train)  # a set may have a class no dataset id maps to (a predicted "void")
     train = np.array([*range(label_set.num_classes), label_set.ignore_index], dtype=np.int64)
-    ids = train_to_dataset_ids(train, label_set)
-    np.testing.assert_array_equal(label_set.to_train_ids(ids), train)
+    back = label_set.to_train_ids(train_to_dataset_ids(train, label_set))
+    expected = [t if t in reachable else label_set.ignore_index for t in train]
+    np.testing.assert_array_equal(back, expected)
+    assert sum(t in reachable for t in range(label_set.num_classes)) >= label_set.num_classes - 1
 
 
 def test_replay_defaults_are_the_node_defaults():

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from rgbd_seg_ros.datasets.cityscapes import Cityscapes
 from training.datasets import build_dataset
-from training.datasets.cityscapes import Cityscapes
 
 H, W = 32, 64  # the real frames are 2048×1024; the layout, not the size, is what the loader depends on
 FRAMES = {"train": [("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019"),

@@ -13,10 +13,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from rgbd_seg_ros.datasets.nyudv2 import NYUDv2Folder, NYUDv2Mat
 from rgbd_seg_ros.frames import CameraIntrinsics
 from training import transforms as T
 from training.datasets import build_dataset
-from training.datasets.nyudv2 import NYUDv2Folder, NYUDv2Mat
 
 N, H, W = 3, 480, 640
 

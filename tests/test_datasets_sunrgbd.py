@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import scipy.io
 
+from rgbd_seg_ros.datasets.sunrgbd import SUNRGBD
 from rgbd_seg_ros.frames import CameraIntrinsics
 from training.datasets import build_dataset
-from training.datasets.sunrgbd import SUNRGBD
 
 PREFIX = "/n/fs/sun3d/data/SUNRGBD/"
 # (scene folder below SUNRGBD/, image stem, (height, width), K) — real folder names and image sizes per sensor.

@@ -64,7 +64,8 @@ def test_fast_fill_prefers_the_nearer_surface_at_edges():
 
 
 def test_fast_fill_leaves_no_holes_on_synthetic_frames():
-    synthetic = pytest.importorskip("rgbd_seg_ros.synthetic")
+    from rgbd_seg_ros import synthetic
+
     gen = synthetic.SceneGenerator(height=120, width=160, seed=5)
     for i in range(3):
         scene = gen.sample(i)

@@ -145,9 +145,12 @@ def test_all_invalid_frame_encodings():
     from rgbd_seg_ros.depth.hha import GravityEstimationError
 
     frame = RGBDFrame(rgb=np.zeros((H, W, 3), np.uint8), depth=np.full((H, W), np.nan, np.float32), intrinsics=K)
+    measured = RGBDFrame(rgb=frame.rgb, depth=np.full((H, W), 2.0, np.float32), intrinsics=K)
     for encoding in ("depth", "xyz", "jet"):
         _, second = encode_frame(frame, InputSpec(depth_encoding=encoding, depth_norm=None))
         assert (second == 0).all()
+        _, control = encode_frame(measured, InputSpec(depth_encoding=encoding, depth_norm=None))
+        assert (control != 0).any(), f"{encoding}: a measured plane must not encode as all-invalid"
     spec = InputSpec(depth_encoding="hha", depth_norm=None)
     with pytest.raises(GravityEstimationError, match="gravity"):
         encode_frame(frame, spec)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -274,8 +276,35 @@ def test_torch_matches_numpy():
     assert given.shape == (3, 120, 160) and np.abs(given.permute(1, 2, 0).numpy().astype(int) - ref).max() <= 1
 
 
+def test_torch_batch_with_one_gravity_per_frame_matches_numpy_frame_by_frame():
+    k = K.scaled(160, 120)
+    rooms = [analytic_room(1.2, 18, -6, intrinsics=k), analytic_room(0.7, -5, 9, intrinsics=k, ceiling_m=2.4)]
+    depth = torch.from_numpy(np.stack([r[0] for r in rooms]))
+    gravity = np.stack([r[2] for r in rooms])
+    out = compute_hha_torch(depth, k, gravity=gravity)
+    for i, (d, _, g, _) in enumerate(rooms):
+        diff = np.abs(out[i].permute(1, 2, 0).numpy().astype(int) - compute_hha(d, k, gravity=g).astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, i
+    assert not torch.equal(out[0], out[1])
+
+
+def test_numpy_hha_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from rgbd_seg_ros.depth.hha import compute_hha\n"
+        "from rgbd_seg_ros.frames import CameraIntrinsics\n"
+        "k = CameraIntrinsics.nyu_kinect(64, 48)\n"
+        "z = np.full((48, 64), 2.0, np.float32); z[30:] = np.linspace(1, 3, 64, dtype=np.float32)\n"
+        "compute_hha(z, k); compute_hha(z, k, gravity=(0, 1, 0))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_gravity_of_synthetic_scenes():
-    synthetic = pytest.importorskip("rgbd_seg_ros.synthetic")
+    from rgbd_seg_ros import synthetic
+
     gen = synthetic.SceneGenerator(height=H, width=W, seed=3)
     errors = []
     for i in range(20):

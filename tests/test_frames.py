@@ -54,10 +54,10 @@ def test_from_camera_info_reads_k_and_rejects_uncalibrated():
 
 
 def test_depth_to_metres_units_and_invalid_values():
-    mm = np.array([[0, 1000], [1500, 65535]], np.uint16)
+    mm = np.array([[0, 1000], [1500, 65534]], np.uint16)
     m = depth_to_metres(mm)
     assert m.dtype == np.float32 and np.isnan(m[0, 0])
-    np.testing.assert_allclose(m[~np.isnan(m)], [1.0, 1.5, 65.535], rtol=1e-6)
+    np.testing.assert_allclose(m[~np.isnan(m)], [1.0, 1.5, 65.534], rtol=1e-6)  # 65535 is a sentinel (sentinel tests)
     f = depth_to_metres(np.array([[np.nan, np.inf], [-1.0, 2.5]], np.float32))
     assert np.isnan(f[:1]).all() and np.isnan(f[1, 0]) and f[1, 1] == 2.5
     np.testing.assert_array_equal(

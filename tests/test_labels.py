@@ -9,6 +9,8 @@ import torch
 from rgbd_seg_ros.labels import LabelSet, available_label_sets, colorize, get_label_set, overlay
 
 EXPECTED_SIZES = {"nyuv2-40": 40, "nyuv2-13": 13, "sunrgbd-37": 37, "cityscapes-19": 19, "synthetic": 40}
+# The DeepScene (AdapNet++ / SSMA) sets count "void" as class 0 (DeepSceneSeg/AdapNet-pp images/class_id.txt).
+EXPECTED_SIZES |= {"deepscene-12": 12, "sunrgbd-38": 38, "scannet-21": 21, "freiburg-forest-6": 6, "cityscapes-20": 20}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_SIZES))
@@ -164,7 +166,8 @@ def test_custom_label_set_validation_and_wide_sets() -> None:
 
 
 def test_synthetic_scene_labels_colour_with_the_synthetic_set() -> None:
-    synthetic = pytest.importorskip("rgbd_seg_ros.synthetic")
+    from rgbd_seg_ros import synthetic
+
     scene = synthetic.SceneGenerator(height=48, width=64, seed=0).sample()
     ls = get_label_set("synthetic")
     train = ls.to_train_ids(scene.labels)  # NYUv2-40 ids, 0 = unlabelled

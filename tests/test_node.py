@@ -6,6 +6,7 @@ reported once; drops under a slow model; depth resizing; missing CameraInfo; laz
 parameters. ``test_node_e2e.py`` repeats the essentials with a real SGNet checkpoint.
 """
 
+import itertools
 import sys
 import time
 import types
@@ -21,6 +22,7 @@ from ros_harness import (
     DEPTH_OFFSET_NS,
     PERIOD_NS,
     DepthSegmenter,
+    Recorder,
     RosHarness,
     color_msg,
     depth_msg,
@@ -37,7 +39,6 @@ from rgbd_seg_ros.frames import CameraIntrinsics
 from rgbd_seg_ros.labels import LabelSet, colorize, get_label_set
 from rgbd_seg_ros.ros.convert import image_to_array
 from rgbd_seg_ros.ros.node import StartupError
-from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 
 T0 = 1_700_000_000_000_000_000  # a realistic wall-clock stamp (ns)
 
@@ -47,19 +48,6 @@ def ros():
     harness = RosHarness(domain_id(1))
     yield harness
     harness.shutdown()
-
-
-class Recorder:
-    """Stands in for the node's logger; keeps (level, text)."""
-
-    def __init__(self):
-        self.lines = []
-
-    def __getattr__(self, level):
-        return lambda text, **_: self.lines.append((level, str(text)))
-
-    def count(self, level, needle):
-        return sum(1 for lv, text in self.lines if lv == level and needle in text)
 
 
 class Inputs:
@@ -152,12 +140,16 @@ def test_default_sensor_qos_receives_best_effort_and_reliable_publishers(ros, re
 def test_reliable_input_qos_does_not_match_a_best_effort_camera(ros):
     rgb, depth, k = make_scene()
     node = ros.start_node(DepthSegmenter(), input_qos="reliable", publish_all=True)
-    inputs = Inputs(ros, reliable=False)
-    time.sleep(0.5)
-    assert inputs.color.get_subscription_count() == 0  # incompatible QoS: never matched
-    inputs.send(rgb, depth, k, T0)
+    best_effort = Inputs(ros, reliable=False)
+    # Positive control: the same node does hear a reliable camera on the same topics.
+    reliable = Inputs(ros, reliable=True)
+    wait_matched(reliable.color, reliable.depth)
+    reliable.send(rgb, depth, k, T0)
+    assert wait_for(lambda: node.stats.total("color") == 1)
+    assert best_effort.color.get_subscription_count() == 0  # incompatible QoS: never matched
+    best_effort.send(rgb, depth, k, T0 + PERIOD_NS)
     time.sleep(0.3)
-    assert node.stats.total("color") == 0
+    assert node.stats.total("color") == 1
 
 
 def test_16uc1_and_32fc1_depth_give_the_same_labels(ros):
@@ -254,7 +246,8 @@ def test_missing_camera_info_warns_and_publishes_nothing(ros):
         inputs.send(rgb, depth, k, T0 + i * PERIOD_NS, info=False)
         time.sleep(0.03)
     assert wait_for(lambda: log.count("warning", "no CameraInfo on") >= 1)
-    assert node.resolve_topic_name("depth/camera_info") in log.lines[-1][1]
+    warnings = [text for level, text in list(log.lines) if level == "warning" and "no CameraInfo on" in text]
+    assert node.resolve_topic_name("depth/camera_info") in warnings[0]
     assert node.stats.total("published") == 0
 
 
@@ -379,19 +372,32 @@ class FakeMessageFilters(types.ModuleType):
                     cb(msg, *args)
 
         class ApproximateTimeSynchronizer:
+            """Brute force, written apart from ``rgbd_seg_ros.sync``: on every arrival, the combination (one message
+            per input) of smallest stamp spread below ``slop`` is emitted, and it and everything older dropped."""
+
             def __init__(self, fs, queue_size, slop):
-                self.sync = ApproximateTimeSynchronizer_(len(fs), queue_size, slop)
+                self.queues = [[] for _ in fs]
+                self.queue_size, self.slop_ns, self.callbacks = queue_size, int(slop * 1e9), []
                 for i, f in enumerate(fs):
-                    f.registerCallback(lambda msg, i=i: self.sync.add(i, msg))
+                    f.registerCallback(lambda msg, i=i: self._add(i, msg))
 
             def registerCallback(self, cb):
-                self.sync.register_callback(cb)
+                self.callbacks.append(cb)
+
+            def _add(self, i, msg):
+                self.queues[i] = [*self.queues[i], msg][-self.queue_size :]
+                stamp = lambda m: m.header.stamp.sec * 10**9 + m.header.stamp.nanosec  # noqa: E731
+                spread = lambda combo: max(map(stamp, combo)) - min(map(stamp, combo))  # noqa: E731
+                combos = [c for c in itertools.product(*self.queues) if spread(c) < self.slop_ns]
+                if not combos:
+                    return
+                best = min(combos, key=spread)
+                self.queues = [[m for m in q if stamp(m) > stamp(b)] for q, b in zip(self.queues, best)]
+                for cb in self.callbacks:
+                    cb(*best)
 
         self.Subscriber = Subscriber
         self.ApproximateTimeSynchronizer = ApproximateTimeSynchronizer
-
-
-ApproximateTimeSynchronizer_ = ApproximateTimeSynchronizer
 
 
 def test_auto_sync_backend_uses_message_filters_when_installed(ros, monkeypatch):

@@ -92,6 +92,13 @@ class _PackageShare(_Recorded):
         return str(ROOT)  # the source tree has the share layout (config/, launch/)
 
 
+def _any_launch_class(attr):
+    """Module ``__getattr__`` of the stand-ins: any other launch class (Shutdown, LifecycleNode, ...) is recorded."""
+    if attr.startswith("__"):
+        raise AttributeError(attr)  # not a package: no __path__
+    return _Recorded
+
+
 @pytest.fixture
 def launch_module(monkeypatch):
     """seg.launch.py imported with stand-ins for ``launch``/``launch_ros`` (not on PyPI): its own logic only."""
@@ -102,6 +109,7 @@ def launch_module(monkeypatch):
         for attr in ("LaunchContext", "LaunchDescription", "DeclareLaunchArgument", "OpaqueFunction",
                      "LaunchConfiguration", "Node", "FindPackageShare"):  # fmt: skip
             setattr(stub, attr, classes.get(attr, _Recorded))
+        stub.__getattr__ = _any_launch_class
         monkeypatch.setitem(sys.modules, name, stub)
     spec = importlib.util.spec_from_file_location("seg_launch", ROOT / "launch" / "seg.launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -161,8 +169,40 @@ def test_launch_starts_the_node_with_params_file_overrides_and_remaps(launch_mod
     assert (kw["package"], kw["executable"], kw["name"], kw["namespace"]) == (
         "rgbd_seg_ros", "rgbd_seg_node", "rgbd_seg", "/robot"
     )  # fmt: skip
-    assert kw["parameters"] == [str(SEG_YAML), {"device": "auto", "checkpoint": "/m.safetensors"}]
+    assert kw["parameters"] == [
+        str(SEG_YAML),
+        {"device": "auto", "checkpoint": "/m.safetensors", "min_depth_m": 0.2, "max_depth_m": 10.0},
+    ]
     assert ("color/image", "/camera/camera/color/image_raw") in kw["remappings"]
+
+
+def _node_parameters(launch_module, **values) -> dict:
+    """The parameters the launch gives the node: the params file's (config/seg.yaml), then its overrides."""
+    (node,) = launch_module._launch_setup(_launch_context(launch_module, **values))
+    params_file, overrides = node.kwargs["parameters"]
+    merged = dict(yaml.safe_load(Path(params_file).read_text())["/**"]["ros__parameters"])
+    merged.update(overrides)
+    return merged
+
+
+def test_launch_camera_presets_set_their_sensor_depth_range(launch_module):
+    ranges = launch_module.CAMERA_DEPTH_RANGES
+    assert set(ranges) == set(launch_module.CAMERA_PRESETS) - {"generic"}  # every camera preset has its range
+    bounds, declared = {p.name: p.bounds for p in PARAMS}, {p.name: p.default for p in PARAMS}
+    defaults = _node_parameters(launch_module, camera="generic")  # no preset range: the params file's
+    assert (defaults["min_depth_m"], defaults["max_depth_m"]) == (declared["min_depth_m"], declared["max_depth_m"])
+    for camera, (near, far) in ranges.items():
+        params = _node_parameters(launch_module, camera=camera)
+        assert (params["min_depth_m"], params["max_depth_m"]) == (near, far), camera
+        assert type(near) is float and type(far) is float  # rcl types parameters by the Python type
+        assert bounds["min_depth_m"][0] <= near < far <= bounds["max_depth_m"][1], camera
+    # The launch arguments win over the preset, one at a time.
+    params = _node_parameters(launch_module, camera="azure_kinect", max_depth_m="3.5")
+    assert (params["min_depth_m"], params["max_depth_m"]) == (ranges["azure_kinect"][0], 3.5)
+    params = _node_parameters(launch_module, camera="generic", min_depth_m="0.4")
+    assert (params["min_depth_m"], params["max_depth_m"]) == (0.4, defaults["max_depth_m"])
+    with pytest.raises(ValueError, match="max_depth_m"):
+        _node_parameters(launch_module, camera="oak", max_depth_m="far")
 
 
 def test_launch_adds_rviz_only_on_request(launch_module):

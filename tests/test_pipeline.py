@@ -11,7 +11,7 @@ from rgbd_seg_ros.depth.encode import encode_frame
 from rgbd_seg_ros.frames import RGBDFrame
 from rgbd_seg_ros.models import build_model, list_models
 from rgbd_seg_ros.models.checkpoints import save_checkpoint
-from rgbd_seg_ros.pipeline import Segmenter, flip_frame
+from rgbd_seg_ros.pipeline import Segmenter
 from rgbd_seg_ros.synthetic import SceneGenerator
 
 H, W = 64, 96  # a multiple of 32 (ACNet) and 16 (AdapNet++/SSMA)
@@ -86,7 +86,7 @@ def test_flip_and_multiscale_average_the_logits(frame):
     torch.manual_seed(0)
     model = _calibrate(build_model("sgnet", 40, backbone="resnet18"), frame)
     seg = Segmenter.from_model(model, "nyuv2-40", depth_fill="none")
-    mirrored = flip_frame(frame)
+    mirrored = frame.flipped()
     np.testing.assert_array_equal(mirrored.rgb, frame.rgb[:, ::-1])
     assert mirrored.intrinsics.cx == pytest.approx(W - 1 - frame.intrinsics.cx)
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_checkpoint_round_trip_and_onnx_parity(name, tmp_path, frame):
     ckpt = save_checkpoint(model, tmp_path / f"{name}.safetensors", {"label_set": "nyuv2-40"})
     onnx_path = tmp_path / f"{name}.onnx"
     assert main(["export", str(ckpt), "--onnx", str(onnx_path), "--size", f"{H}x{W}"]) == 0
-    torch_seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+    torch_seg = Segmenter.from_checkpoint(ckpt, device="cpu", backend="torch")
     onnx_seg = Segmenter.from_checkpoint(onnx_path, backend="onnxruntime")
     assert onnx_seg.label_set.name == torch_seg.label_set.name == "nyuv2-40"
     assert onnx_seg.model_name == torch_seg.model_name == name
@@ -145,5 +145,8 @@ def test_bad_inputs_get_clear_errors_or_defined_results(tmp_path, frame):
         Segmenter.from_model(build_model("sgnet", 13, backbone="resnet18"), "nyuv2-40")(frame)
     with pytest.raises(FileNotFoundError):
         Segmenter.from_checkpoint(tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="onnx"):
-        Segmenter.from_checkpoint(tmp_path / "x.safetensors", backend="onnxruntime")
+    (tmp_path / "x.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="backend 'torch' cannot run an exported ONNX model"):
+        Segmenter.from_checkpoint(tmp_path / "x.onnx", backend="torch")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        Segmenter.from_checkpoint(tmp_path / "x.onnx")

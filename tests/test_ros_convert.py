@@ -67,12 +67,12 @@ def test_decoded_arrays_are_copies_not_views_of_the_message():
 @pytest.mark.parametrize("big_endian", [False, True])
 @pytest.mark.parametrize("pad", [0, 6])
 def test_16uc1_millimetres_to_metres_with_zero_invalid(big_endian, pad):
-    mm = np.array([[0, 1000, 1234], [65535, 500, 1]], dtype=np.uint16)
+    mm = np.array([[0, 1000, 1234], [65534, 500, 1]], dtype=np.uint16)  # 65535: test_depth_sentinels.py
     metres = depth_to_metres_image(raw_image(mm, "16UC1", pad, big_endian))
     assert metres.dtype == np.float32
     assert np.isnan(metres[0, 0])
     np.testing.assert_allclose(metres[0, 1:], [1.0, 1.234], rtol=1e-6)
-    np.testing.assert_allclose(metres[1], [65.535, 0.5, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(metres[1], [65.534, 0.5, 0.001], rtol=1e-6)
 
 
 @pytest.mark.parametrize("big_endian", [False, True])

@@ -3,6 +3,7 @@ normalisation, class weights."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +62,41 @@ def test_overrides_bare_and_dotted_keys_with_types():
         ("optim.name=rmsprop", "not one of"),
         ("train.bogus=1", "unknown key"),
         ("max_iters", "not key=value"),
+        ("max_iters=0", "train.max_iters must be >= 1, got 0"),
+        ("max_iters=-3", "train.max_iters must be >= 1, got -3"),
+        ("epochs=0", r"train.epochs must be > 0"),
+        ("batch_size=-2", "train.batch_size must be >= 1"),
+        ("augment.crop=[0,40]", r"augment.crop values must be >= 1"),
+        ("augment.scale_range=[1.5,0.5]", "low <= high"),
+        ("optim.lr=0", "optim.lr must be > 0"),
+        ("optim.betas=[0.9,1.0]", r"optim.betas values must be in \[0, 1\)"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\]"),
+        ("data.synthetic.height=-4", "data.synthetic.height must be >= 1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        ("optim.groups=[{pattern: x, lr_mult: -1}]", r"optim.groups\[0\].lr_mult must be >= 0"),
+        ("loss.class_weights=[1,-2]", "loss.class_weights values must be >= 0"),
+        ("eval.sliding={crop: [0, 8], stride: [4, 4]}", "eval.sliding.crop"),
+        ("eval.scales=[]", "at least one scale"),
+        ("optim.lr=[1", "not YAML"),
     ],
 )
 def test_bad_overrides_are_rejected_with_a_reason(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(SYNTHETIC, [override])
+
+
+def test_range_bounds_are_inclusive_where_documented():
+    cfg = load_config(SYNTHETIC, ["max_iters=1", "data.num_workers=0", "model.dropout=1", "optim.momentum=0"])
+    assert (cfg.train.max_iters, cfg.data.num_workers, cfg.model.dropout, cfg.optim.momentum) == (1, 0, 1.0, 0.0)
+
+
+def test_a_broken_recipe_file_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {max_iters: [1\n")
+    with pytest.raises(ConfigError, match="not a readable YAML recipe"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no recipe at"):
+        load_config(tmp_path / "missing.yaml")
 
 
 def test_base_recipe_is_merged_and_hash_ignores_where_outputs_go(tmp_path):
@@ -194,6 +225,37 @@ def test_median_frequency_weights_by_hand():
     f0, f1 = 3 / 4, 3 / 8  # pixels of the class / pixels of the images containing it
     median = np.median([f0, f1])
     assert w == pytest.approx([median / f0, median / f1, 0.0])
+
+
+def test_class_weights_file_is_trusted_only_when_it_fits(tmp_path):
+    from training.engine import read_class_weights
+
+    path = tmp_path / "class_weights.json"
+    assert read_class_weights(path, 3) is None  # absent
+    path.write_text("[0.5, 1, 2.0]")
+    assert read_class_weights(path, 3) == [0.5, 1.0, 2.0]
+    said = []
+    for text in ("[0.5, 1, 2.", "[0.5, 1]", "[0.5, -1, 2]", '{"a": 1}', "[0.5, NaN, 1]"):
+        path.write_text(text)
+        assert read_class_weights(path, 3, said.append) is None, text
+    assert len(said) == 5 and all("recomputing" in s for s in said)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_and_checkpoints_get_ordinary_permissions(tmp_path, umask):
+    """0666 minus the umask, like any new file (safetensors alone makes them 0600)."""
+    from training.engine import atomic_torch_save, build_training_model, write_weights
+
+    model = build_training_model(load_config(SYNTHETIC, ["model.options.width=8", "model.options.head_channels=8"]), 40)
+    old = os.umask(umask)
+    try:
+        weights = write_weights(model, tmp_path / "model.safetensors", {"label_set": "synthetic"})
+        atomic_torch_save({"step": 1}, tmp_path / "last.pt")
+    finally:
+        os.umask(old)
+    for path in (weights, tmp_path / "last.pt"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "model.safetensors"]  # no temporaries left
 
 
 def test_init_from_loads_matching_tensors_and_dropout_override(tmp_path):

@@ -20,9 +20,39 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting (or each number of a list setting) may take: ``lo ≤ v ≤ hi``, with strict
+    bounds where ``open_lo`` / ``open_hi``; None = unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.open_lo else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.open_hi else '<='} {self.hi:g}"
+        return f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
+
+    def contains(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.open_lo else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.open_hi else v <= self.hi)
+        return above and below
+
+
+# Annotations of number settings (``Annotated[int, AT_LEAST_1]``), checked when a recipe is read.
+AT_LEAST_0 = Range(lo=0)
+AT_LEAST_1 = Range(lo=1)
+POSITIVE = Range(lo=0, open_lo=True)
+FRACTION = Range(lo=0, hi=1)
 
 
 @dataclass
@@ -48,7 +78,7 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     init_from: str | None = None
-    dropout: float | None = None
+    dropout: Annotated[float | None, FRACTION] = None
     experts: dict[str, str] | None = None
 
 
@@ -56,11 +86,11 @@ class ModelConfig:
 class SyntheticConfig:
     """The generated dataset used when ``data.dataset`` is ``synthetic`` and ``data.root`` is empty."""
 
-    n_train: int = 200
-    n_test: int = 40
-    height: int = 120
-    width: int = 160
-    seed: int = 0
+    n_train: Annotated[int, AT_LEAST_1] = 200
+    n_test: Annotated[int, AT_LEAST_0] = 40
+    height: Annotated[int, AT_LEAST_1] = 120
+    width: Annotated[int, AT_LEAST_1] = 160
+    seed: Annotated[int, AT_LEAST_0] = 0
 
 
 @dataclass
@@ -68,7 +98,7 @@ class DataConfig:
     """Where the frames come from.
 
     Attributes:
-        dataset: ``nyudv2``, ``sunrgbd``, ``cityscapes`` or ``synthetic`` (``training.datasets``).
+        dataset: ``nyudv2``, ``sunrgbd``, ``cityscapes`` or ``synthetic`` (``rgbd_seg_ros.datasets``).
         root: dataset folder. For ``synthetic`` None = generate one (``synthetic``) under ``synthetic_cache``.
         train_split / val_split: split names; ``val_split`` None = no validation.
         options: loader keywords (e.g. ``{depth: raw}`` for NYUDv2, ``{cache_dir: ...}``).
@@ -83,9 +113,22 @@ class DataConfig:
     val_split: str | None = "test"
     options: dict[str, Any] = field(default_factory=dict)
     depth_fill: Literal["fast", "colorization", "none"] = "fast"
-    num_workers: int = 2
+    num_workers: Annotated[int, AT_LEAST_0] = 2
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     synthetic_cache: str | None = None
+
+
+@dataclass
+class DepthFailureConfig:
+    """Simulated sensor depth failure (``training.depth_failure``, which documents each mode's pattern): each
+    mode's probability per sample, drawn independently, applied to the raw depth after the other augmentation
+    and before hole filling and encoding. All 0 (the default) = off."""
+
+    frame: Annotated[float, FRACTION] = 0.0
+    regions: Annotated[float, FRACTION] = 0.0
+    far: Annotated[float, FRACTION] = 0.0
+    specular: Annotated[float, FRACTION] = 0.0
+    speckle: Annotated[float, FRACTION] = 0.0
 
 
 @dataclass
@@ -99,15 +142,17 @@ class AugmentConfig:
         flip: random horizontal flip with p = 0.5.
         hsv: ACNet's HSV jitter on RGB (h, s × U(0.9, 1.1), v + U(−25, 25)).
         color_jitter: brightness/contrast/saturation factors in [1 − x, 1 + x] on RGB (0 = off).
+        depth_failure: per-sample probabilities of simulated depth loss (last; see :class:`DepthFailureConfig`).
     """
 
-    resize: list[int] | None = None
-    scales: list[float] | None = None
-    scale_range: list[float] | None = None
-    crop: list[int] | None = None
+    resize: Annotated[list[int] | None, AT_LEAST_1] = None
+    scales: Annotated[list[float] | None, POSITIVE] = None
+    scale_range: Annotated[list[float] | None, POSITIVE] = None
+    crop: Annotated[list[int] | None, AT_LEAST_1] = None
     flip: bool = True
     hsv: bool = False
-    color_jitter: float = 0.0
+    color_jitter: Annotated[float, FRACTION] = 0.0
+    depth_failure: DepthFailureConfig = field(default_factory=DepthFailureConfig)
 
 
 @dataclass
@@ -115,8 +160,8 @@ class ParamGroupConfig:
     """Parameters whose name matches ``pattern`` (``re.search``) get ``lr × lr_mult`` (and ``weight_decay``)."""
 
     pattern: str = ""
-    lr_mult: float = 1.0
-    weight_decay: float | None = None
+    lr_mult: Annotated[float, AT_LEAST_0] = 1.0
+    weight_decay: Annotated[float | None, AT_LEAST_0] = None
 
 
 @dataclass
@@ -131,15 +176,15 @@ class OptimConfig:
     """
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
+    lr: Annotated[float, POSITIVE] = 0.01
+    momentum: Annotated[float, FRACTION] = 0.9
     nesterov: bool = False
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    weight_decay: Annotated[float, AT_LEAST_0] = 1e-4
+    betas: Annotated[list[float], Range(lo=0, hi=1, open_hi=True)] = field(default_factory=lambda: [0.9, 0.999])
+    eps: Annotated[float, POSITIVE] = 1e-8
     no_decay_norm_bias: bool = False
     groups: list[ParamGroupConfig] = field(default_factory=list)
-    grad_clip: float | None = None
+    grad_clip: Annotated[float | None, POSITIVE] = None
 
 
 @dataclass
@@ -154,13 +199,13 @@ class ScheduleConfig:
     """
 
     policy: Literal["poly", "step", "constant"] = "poly"
-    power: float = 0.9
-    end_lr_ratio: float = 0.0
-    warmup_iters: int = 0
-    warmup_epochs: float = 0.0
-    step_iters: int = 0
-    step_epochs: float = 0.0
-    gamma: float = 0.1
+    power: Annotated[float, AT_LEAST_0] = 0.9
+    end_lr_ratio: Annotated[float, FRACTION] = 0.0
+    warmup_iters: Annotated[int, AT_LEAST_0] = 0
+    warmup_epochs: Annotated[float, AT_LEAST_0] = 0.0
+    step_iters: Annotated[int, AT_LEAST_0] = 0
+    step_epochs: Annotated[float, AT_LEAST_0] = 0.0
+    gamma: Annotated[float, POSITIVE] = 0.1
 
 
 @dataclass
@@ -174,10 +219,10 @@ class LossConfig:
     """
 
     type: Literal["ce", "focal"] = "ce"
-    gamma: float = 2.0
+    gamma: Annotated[float, AT_LEAST_0] = 2.0
     class_weights: Any = "none"
-    aux_weights: list[float] | None = None
-    ignore_index: int = 255
+    aux_weights: Annotated[list[float] | None, AT_LEAST_0] = None
+    ignore_index: Annotated[int, Range(lo=0, hi=255)] = 255
 
 
 @dataclass
@@ -203,20 +248,20 @@ class TrainConfig:
     """
 
     out_dir: str = "runs/train"
-    batch_size: int = 8
-    accum_steps: int = 1
-    epochs: float | None = None
-    max_iters: int | None = None
-    seed: int = 0
+    batch_size: Annotated[int, AT_LEAST_1] = 8
+    accum_steps: Annotated[int, AT_LEAST_1] = 1
+    epochs: Annotated[float | None, POSITIVE] = None
+    max_iters: Annotated[int | None, AT_LEAST_1] = None
+    seed: Annotated[int, AT_LEAST_0] = 0
     amp: bool = True
     sync_bn: bool = True
     freeze_bn: bool = False
     find_unused_parameters: bool = False
-    checkpoint_every: int = 1000
-    val_every: int = 0
-    log_every: int = 10
-    num_val_images: int = 4
-    threads: int | None = None
+    checkpoint_every: Annotated[int, AT_LEAST_0] = 1000
+    val_every: Annotated[int, AT_LEAST_0] = 0
+    log_every: Annotated[int, AT_LEAST_1] = 10
+    num_val_images: Annotated[int, AT_LEAST_0] = 4
+    threads: Annotated[int | None, AT_LEAST_1] = None
     device: str = "auto"
     deterministic: bool = False
     weights_dtype: Literal["float32", "float16"] = "float32"
@@ -232,8 +277,8 @@ class EvalConfig:
         sliding: ``{crop: [h, w], stride: [h, w]}`` window evaluation (None = whole frame).
     """
 
-    input_size: list[int] | None = None
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    input_size: Annotated[list[int] | None, AT_LEAST_1] = None
+    scales: Annotated[list[float], POSITIVE] = field(default_factory=lambda: [1.0])
     flip: bool = False
     sliding: dict[str, list[int]] | None = None
 
@@ -350,7 +395,26 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where or 'recipe'}: unknown key(s) {unknown}; known: {sorted(hints)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    for name, allowed in _ranges(cls).items():
+        if name in kwargs:
+            _check_range(kwargs[name], allowed, f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def _ranges(cls: type) -> dict[str, Range]:
+    """The :class:`Range` annotations of ``cls``'s fields."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        found = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)]
+        if found:
+            out[name] = found[0]
+    return out
+
+
+def _check_range(value: Any, allowed: Range, where: str) -> None:
+    for v in value if isinstance(value, list) else [value]:
+        if v is not None and not allowed.contains(v):
+            raise ConfigError(f"{where}{' values' if isinstance(value, list) else ''} must be {allowed}, got {value!r}")
 
 
 # -- loading --------------------------------------------------------------------------------------------------------
@@ -365,10 +429,13 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     """The recipe at ``path`` as a plain dict, with its ``base:`` chain merged in."""
     path = Path(path).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"no recipe at {path}")
+        raise ConfigError(f"no recipe at {path}")
     if path in _seen:
         raise ConfigError(f"recipe base cycle: {' -> '.join(map(str, (*_seen, path)))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not a readable YAML recipe: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -407,7 +474,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         path = resolve_key(key.strip())
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not YAML ({' '.join(str(exc).split())})") from None
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -433,27 +503,46 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 
+def _check_pair(value: list | None, where: str, what: str = "[height, width]") -> None:
+    if value is not None and len(value) != 2:
+        raise ConfigError(f"{where} must be {what}, got {value}")
+
+
 def _check(cfg: Config) -> None:
+    """Rules across fields (each field's own range is checked as it is read, see :class:`Range`)."""
     a, t = cfg.augment, cfg.train
     if a.scales is not None and a.scale_range is not None:
         raise ConfigError("augment: give scales or scale_range, not both")
-    for name in ("resize", "crop"):
-        v = getattr(a, name)
-        if v is not None and (len(v) != 2 or min(v) < 1):
-            raise ConfigError(f"augment.{name} must be [height, width], got {v}")
-    if t.batch_size < 1 or t.accum_steps < 1:
-        raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+    _check_pair(a.resize, "augment.resize")
+    _check_pair(a.crop, "augment.crop")
+    _check_pair(cfg.eval.input_size, "eval.input_size")
+    _check_pair(a.scale_range, "augment.scale_range", "[low, high]")
+    if a.scale_range is not None and a.scale_range[0] > a.scale_range[1]:
+        raise ConfigError(f"augment.scale_range must be [low, high] with low <= high, got {a.scale_range}")
+    _check_pair(cfg.optim.betas, "optim.betas", "[beta1, beta2]")
     if t.max_iters is None and t.epochs is None:
         raise ConfigError("set train.max_iters or train.epochs")
-    if cfg.eval.sliding is not None and set(cfg.eval.sliding) != {"crop", "stride"}:
-        raise ConfigError(f"eval.sliding needs exactly crop and stride, got {sorted(cfg.eval.sliding)}")
-    if isinstance(cfg.loss.class_weights, str) and cfg.loss.class_weights not in ("none", "median_frequency"):
-        raise ConfigError(f"loss.class_weights must be none, median_frequency or a list, got {cfg.loss.class_weights}")
+    if not cfg.eval.scales:
+        raise ConfigError("eval.scales must name at least one scale")
+    if cfg.eval.sliding is not None:
+        if set(cfg.eval.sliding) != {"crop", "stride"}:
+            raise ConfigError(f"eval.sliding needs exactly crop and stride, got {sorted(cfg.eval.sliding)}")
+        for key, value in cfg.eval.sliding.items():
+            if len(value) != 2 or min(value) < 1:
+                raise ConfigError(f"eval.sliding.{key} must be [height, width] of sizes >= 1, got {value}")
+    cw = cfg.loss.class_weights
+    if isinstance(cw, str) and cw not in ("none", "median_frequency"):
+        raise ConfigError(f"loss.class_weights must be none, median_frequency or a list, got {cw}")
+    if not isinstance(cw, str):
+        if not isinstance(cw, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in cw):
+            raise ConfigError(f"loss.class_weights must be none, median_frequency or a list of numbers, got {cw!r}")
+        _check_range(cw, AT_LEAST_0, "loss.class_weights")
 
 
 __all__ = [
     "Config",
     "ConfigError",
+    "Range",
     "apply_overrides",
     "config_from_dict",
     "load_config",

@@ -21,6 +21,7 @@ from rgbd_seg_ros.depth.encode import InputSpec, encode_frames
 from training import transforms as T
 from training.config import AugmentConfig, Config
 from training.datasets import RGBDDataset, Sample, build_dataset
+from training.depth_failure import DepthFailure
 
 
 def build_transforms(aug: AugmentConfig) -> T.Compose:
@@ -41,6 +42,9 @@ def build_transforms(aug: AugmentConfig) -> T.Compose:
     if aug.color_jitter > 0:
         j = aug.color_jitter
         steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    failure = DepthFailure.from_config(aug.depth_failure)
+    if failure.enabled:  # last: on the raw depth at the training size, before Collate fills and encodes it
+        steps.append(failure)
     return T.Compose(steps)
 
 

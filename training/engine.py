@@ -5,11 +5,17 @@ TensorBoard scalars and overlays, a tqdm progress bar, and the final ``model.saf
 Run folder ``out_dir``:
 
 * ``config.yaml``: the resolved recipe; ``log.jsonl``: one JSON record per optimiser step (``iter``, ``loss``
-  and its terms, ``lr``) and per validation (``val_miou`` …); ``tb/``: TensorBoard events;
+  and its terms, ``lr``) and per validation (``val_miou`` … in percent); ``tb/``: TensorBoard events;
+  ``class_weights.json``: median-frequency weights when the recipe asks for them;
 * ``checkpoints/last.pt``: written every ``checkpoint_every`` steps and at the end (temporary file, fsync,
   rename): model, optimiser, scheduler position, GradScaler, every rank's RNG states and the step. The data
   position *is* the step (see :mod:`training.data`), so ``--resume`` continues bit-exactly on the CPU;
 * ``model.safetensors``: the final weights with their metadata (``load_checkpoint`` / ``Segmenter``).
+
+A folder that already holds a run is never overwritten silently: the trainer continues it (``resume``), replaces
+exactly the files above (``force``; other files in the folder stay), or refuses with a :class:`RunError`. Every
+input (weights files, the checkpoint to resume, the dataset, the output folder) is checked before training
+starts; an expected failure is a :class:`RunError` whose message is one line naming the culprit.
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,18 +39,40 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from rgbd_seg_ros.labels import get_label_set, overlay
+from rgbd_seg_ros.fileio import atomic_path, atomic_write_text
+from rgbd_seg_ros.labels import LabelSet, get_label_set, overlay
 from rgbd_seg_ros.models import build_model
+from rgbd_seg_ros.models.backbones import pretrained_reports
 from rgbd_seg_ros.models.checkpoints import read_state_dict, save_checkpoint
 from rgbd_seg_ros.pipeline import Segmenter
+from rgbd_seg_ros.settings import DATASET_DEPTH_RANGES_M
 from training import data as D
 from training.config import Config
 from training.evaluation import evaluate, protocol_from_eval_config
 from training.losses import SegmentationLoss, flatten_outputs, median_frequency_weights
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+#: A prime multiplier of the checkpoint's step in the seed of a run resumed on another number of ranks: the new
+#: per-rank seeds then differ from the first part's (``seed + 1 + rank``) and between resume points.
+RESEED_PRIME = 7919
+
+#: What a run writes into ``out_dir`` (``force`` replaces exactly these; ``data/``, the generated synthetic set,
+#: is a cache and stays). Evaluation folders (``eval``, ``eval_*`` with a ``metrics.json``) of the replaced
+#: weights go too.
+RUN_OUTPUTS = ("config.yaml", "log.jsonl", "class_weights.json", "model.safetensors", "checkpoints", "tb")
+
+
+class RunError(Exception):
+    """An expected failure of a run's inputs or outputs (bad weights file, existing run, unwritable folder, a
+    dataset that does not fit the recipe): the message is the one line shown to the user."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split())
 
 
 # -- distributed ---------------------------------------------------------------------------------------------------
@@ -97,10 +128,30 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def weight_files(cfg: Config) -> dict[str, str]:
+    """The recipe's weights files by setting name (``model.pretrained``, ``model.init_from``, ``model.experts.*``)."""
+    m = cfg.model
+    files = {"model.pretrained": m.pretrained, "model.init_from": m.init_from}
+    files.update({f"model.experts.{k}": v for k, v in (m.experts or {}).items()})
+    return {k: v for k, v in files.items() if v}
+
+
+def check_weight_files(cfg: Config) -> None:
+    """Read every weights file of the recipe once; raise :class:`RunError` naming the setting of a missing,
+    truncated or foreign one."""
+    for setting, path in weight_files(cfg).items():
+        try:
+            read_state_dict(path)
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise RunError(f"{setting}: {_one_line(exc)}") from None
+
+
 def build_training_model(cfg: Config, num_classes: int, log=print) -> nn.Module:
     """``build_model`` from the recipe, then ``experts``, ``init_from`` weights and the ``dropout`` override."""
     m = cfg.model
     model = build_model(m.name, num_classes, backbone=m.backbone, pretrained=m.pretrained, **m.options)
+    for report in pretrained_reports(model):  # model.pretrained=: which ImageNet layout was found, what was loaded
+        log(str(report))
     if m.experts:
         if not hasattr(model, "load_experts") or set(m.experts) != {"rgb", "depth"}:
             raise ValueError(f"model.experts needs a model with load_experts() and keys rgb, depth; got {m.experts}")
@@ -203,28 +254,41 @@ def _to_tuple(x):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` atomically (:func:`rgbd_seg_ros.fileio.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_weights(module: nn.Module, path: Path, metadata: dict[str, Any], dtype: str = "float32") -> Path:
-    """``save_checkpoint`` atomically (temporary file + rename); ``float16`` stores a half-precision copy."""
+    """``save_checkpoint`` (atomic); ``float16`` stores a half-precision copy."""
     if dtype == "float16":
         module = copy.deepcopy(module).half()
         metadata = {**metadata, "weights_dtype": "float16"}
-    tmp = save_checkpoint(module, path.with_name(f".{path.stem}.tmp.safetensors"), metadata)
-    os.chmod(tmp, 0o644)  # safetensors creates the file private; this is a deliverable
-    os.replace(tmp, path)
-    return path
+    return save_checkpoint(module, path, metadata)
 
 
 def last_checkpoint(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints" / "last.pt"
+
+
+def run_outputs(out_dir: str | Path) -> list[Path]:
+    """The files and folders of a run present in ``out_dir`` (see :data:`RUN_OUTPUTS`)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    evals = [p for p in sorted(out_dir.glob("eval*")) if (p / "metrics.json").is_file()]
+    return found + [p for p in evals if p.name == "eval" or p.name.startswith("eval_")]
+
+
+def check_writable(folder: Path, setting: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it; :class:`RunError` naming ``setting`` if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise RunError(f"{setting} {folder} is not writable: {exc.strerror or exc}") from None
 
 
 # -- validation backend ----------------------------------------------------------------------------------------------
@@ -244,12 +308,43 @@ class _InferenceBackend:
 
 
 # -- the trainer -----------------------------------------------------------------------------------------------------
-class Trainer:
-    """Train ``cfg``; ``resume`` continues from ``out_dir/checkpoints/last.pt`` when it exists."""
+@dataclass
+class TrainState:
+    """What the loop works on, made by :meth:`Trainer.setup`: data, model, optimisation and the step range."""
 
-    def __init__(self, cfg: Config, resume: bool = False) -> None:
-        self.cfg, self.resume = cfg, resume
-        self.ctx = init_distributed(cfg.train.device)
+    label_set: LabelSet
+    train_ds: Any
+    val_ds: Any | None
+    module: nn.Module  # the bare model: checkpoints, validation, final weights
+    model: nn.Module  # what a step calls: ``module`` or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: SegmentationLoss
+    aux_weights: Sequence[float]
+    schedule: LRSchedule
+    use_amp: bool
+    start: int  # first step to run (the checkpoint's step when resumed)
+    max_iters: int
+    val_miou: float | None = None  # percent, of the latest validation
+
+
+class Trainer:
+    """Train ``cfg`` into ``cfg.train.out_dir``.
+
+    Args:
+        resume: continue from ``out_dir/checkpoints/last.pt`` (a folder without a run starts from scratch).
+        force: replace a run already in ``out_dir`` (exactly its :data:`RUN_OUTPUTS`); without ``resume`` or
+            ``force`` such a folder is refused.
+    """
+
+    def __init__(self, cfg: Config, resume: bool = False, force: bool = False) -> None:
+        if resume and force:
+            raise ValueError("resume and force exclude each other")
+        self.cfg, self.resume, self.force = cfg, resume, force
+        try:
+            self.ctx = init_distributed(cfg.train.device)
+        except RuntimeError as exc:
+            raise RunError(_one_line(exc)) from None
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if self.ctx.device.type == "cuda":
@@ -258,6 +353,7 @@ class Trainer:
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
                 torch.use_deterministic_algorithms(True, warn_only=True)
         self.out_dir = Path(cfg.train.out_dir)
+        self.ckpt_path = last_checkpoint(self.out_dir)
         self.writer = None
 
     # logging ---------------------------------------------------------------------------------------------------
@@ -275,9 +371,7 @@ class Trainer:
         if not (self.ctx.main and path.is_file()):
             return
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("iter", 0) <= step]
-        tmp = path.with_name(".log.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def _tb(self, start_step: int):
         """The TensorBoard writer (rank 0), or None when the ``tensorboard`` package (extra ``train``) is missing."""
@@ -291,38 +385,145 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=start_step or None)
         return self.writer or None
 
-    # setup -------------------------------------------------------------------------------------------------------
-    def _prepare_out_dir(self) -> None:
-        if self.ctx.main:
-            (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(self.cfg.to_yaml())
-        _barrier(self.ctx)
+    # setup: every check before the first write -------------------------------------------------------------------
+    def setup(self) -> TrainState:
+        """Check the inputs and the output folder, build everything the loop needs and prepare ``out_dir``.
 
-    def _datasets(self):
+        Raises :class:`RunError` for an existing run without resume/force, an unwritable folder, a missing or
+        unreadable weights file or checkpoint, or a dataset that does not fit the recipe; then no file of a run
+        has been touched yet (the folder may have been created, and the generated synthetic set cached in it).
+        """
+        cfg, ctx = self.cfg, self.ctx
+        self._check_out_dir()
+        check_weight_files(cfg)
+        try:
+            label_set = get_label_set(cfg.model.label_set)
+        except (KeyError, ValueError) as exc:
+            raise RunError(f"model.label_set: {_one_line(exc)}") from None
+        cw = cfg.loss.class_weights
+        if isinstance(cw, list) and len(cw) != label_set.num_classes:
+            raise RunError(f"loss.class_weights has {len(cw)} values for the {label_set.num_classes} classes of "
+                           f"model.label_set {label_set.name!r}")  # fmt: skip
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        module = self._build_model(label_set.num_classes)
+        use_amp = cfg.train.amp and ctx.device.type == "cuda"
+        if ctx.distributed and ctx.device.type == "cuda" and cfg.train.sync_bn:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        optimizer = build_optimizer(module, cfg)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        start = self._resume_or_seed(module, optimizer, scaler)
+        train_ds, val_ds = self._datasets(label_set)
+        max_iters = self._max_iters(len(train_ds))
+        self._prepare_out_dir()
+        self._truncate_log(start)
+        weights = self._class_weights(train_ds, label_set.num_classes)
+        loss_fn = SegmentationLoss(
+            label_set.num_classes,
+            cfg.loss.ignore_index,
+            weights.to(ctx.device) if weights is not None else None,
+            cfg.loss.gamma if cfg.loss.type == "focal" else None,
+        )
+        aux_weights = cfg.loss.aux_weights if cfg.loss.aux_weights is not None else getattr(module, "aux_weights", ())
+        model = module
+        if ctx.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                module,
+                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                find_unused_parameters=cfg.train.find_unused_parameters,
+            )
+        return TrainState(label_set, train_ds, val_ds, module, model, optimizer, scaler, loss_fn, aux_weights,
+                          self._schedule(len(train_ds), max_iters), use_amp, start, max_iters)  # fmt: skip
+
+    def _check_out_dir(self) -> None:
+        """Refuse a folder holding a run (unless resumed or forced) and one that cannot be written."""
+        existing = run_outputs(self.out_dir)
+        if self.resume:
+            final = self.out_dir / "model.safetensors"
+            if not self.ckpt_path.is_file() and final.is_file():
+                raise RunError(f"--resume: {self.out_dir} holds finished weights but no checkpoint {self.ckpt_path}; "
+                               "replace the run with --force or choose a new out_dir=")  # fmt: skip
+        elif existing and not self.force:
+            names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in existing)
+            raise RunError(f"train.out_dir {self.out_dir} already holds a run ({names}): continue it with --resume, "
+                           "replace it with --force, or choose a new out_dir=")  # fmt: skip
+        check_writable(self.out_dir, "train.out_dir")
+        _barrier(self.ctx)  # every rank has looked before rank 0 writes
+
+    def _build_model(self, num_classes: int) -> nn.Module:
+        m = self.cfg.model
+        try:
+            model = build_training_model(self.cfg, num_classes, self.log)
+        except (KeyError, TypeError, ValueError) as exc:  # unknown name, backbone or option
+            raise RunError(f"model {m.name!r} (backbone {m.backbone}, options {m.options}): {_one_line(exc)}") from None
+        return model.to(self.ctx.device)
+
+    def _resume_or_seed(self, module: nn.Module, optimizer, scaler) -> int:
+        """The first step: the checkpoint's when resuming from one, else 0 (training randomness seeded per rank)."""
+        if self.resume and self.ckpt_path.is_file():
+            return self._load_state(self.ckpt_path, module, optimizer, scaler)
+        if self.resume:
+            self.log(f"--resume: no checkpoint at {self.ckpt_path}; starting from scratch")
+        torch.manual_seed(self.cfg.train.seed + 1 + self.ctx.rank)  # training-time randomness (dropout), per rank
+        return 0
+
+    def _datasets(self, label_set: LabelSet):
         cfg = self.cfg
-        if self.ctx.main:
-            root = D.dataset_root(cfg)  # generates the synthetic set once
-        _barrier(self.ctx)
-        root = D.dataset_root(cfg)
-        train = D.open_split(cfg, cfg.data.train_split, root)
-        val = D.open_split(cfg, cfg.data.val_split, root) if cfg.data.val_split else None
+        try:
+            if self.ctx.main:
+                D.dataset_root(cfg)  # generates the synthetic set once
+            _barrier(self.ctx)
+            root = D.dataset_root(cfg)
+            train = D.open_split(cfg, cfg.data.train_split, root)
+            val = D.open_split(cfg, cfg.data.val_split, root) if cfg.data.val_split else None
+        except (OSError, ValueError) as exc:
+            where = cfg.data.root or "the generated set"
+            raise RunError(f"data ({cfg.data.dataset} at {where}): {_one_line(exc)}") from None
+        if train.num_classes and train.num_classes != label_set.num_classes:
+            raise RunError(f"dataset {cfg.data.dataset!r} has {train.num_classes} classes but model.label_set "
+                           f"{label_set.name!r} has {label_set.num_classes}")  # fmt: skip
+        if len(train) < cfg.train.batch_size:
+            raise RunError(f"data.train_split {cfg.data.train_split!r} has {len(train)} frames, fewer than one "
+                           f"train.batch_size of {cfg.train.batch_size}")  # fmt: skip
+        micro = self.ctx.world * cfg.train.accum_steps
+        if cfg.train.batch_size % micro:
+            raise RunError(f"train.batch_size {cfg.train.batch_size} is not divisible by {self.ctx.world} ranks × "
+                           f"train.accum_steps {cfg.train.accum_steps}")  # fmt: skip
         return train, val
+
+    def _max_iters(self, n_train: int) -> int:
+        t = self.cfg.train
+        return t.max_iters if t.max_iters is not None else D.epochs_to_steps(t.epochs, n_train, t.batch_size)
+
+    def _schedule(self, n_train: int, max_iters: int) -> LRSchedule:
+        s, spe = self.cfg.schedule, D.steps_per_epoch(n_train, self.cfg.train.batch_size)
+        warmup = s.warmup_iters or round(s.warmup_epochs * spe)
+        step_size = s.step_iters or round(s.step_epochs * spe)
+        return LRSchedule(s.policy, max_iters, s.power, s.end_lr_ratio, warmup, step_size, s.gamma)
+
+    def _prepare_out_dir(self) -> None:
+        """Rank 0: remove the replaced run's outputs (``force``), make ``checkpoints/``, write ``config.yaml``."""
+        if self.ctx.main:
+            if self.force:
+                for path in run_outputs(self.out_dir):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    self.log(f"--force: removed {path}")
+            (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out_dir / "config.yaml", self.cfg.to_yaml())
+        _barrier(self.ctx)
 
     def _class_weights(self, train_ds, num_classes: int) -> Tensor | None:
         cw = self.cfg.loss.class_weights
         if isinstance(cw, str) and cw == "none":
             return None
-        if isinstance(cw, list):
-            if len(cw) != num_classes:
-                raise ValueError(f"loss.class_weights has {len(cw)} values for {num_classes} classes")
+        if isinstance(cw, list):  # its length is checked in setup
             return torch.tensor(cw, dtype=torch.float32)
         path = self.out_dir / "class_weights.json"
-        if self.ctx.main and not path.is_file():
+        if self.ctx.main and read_class_weights(path, num_classes, self.log) is None:
             self.log("computing median-frequency class weights over the training split …")
             weights = median_frequency_weights((train_ds.load(i).labels for i in range(len(train_ds))), num_classes)
-            path.write_text(json.dumps(weights.tolist()))
+            atomic_write_text(path, json.dumps(weights.tolist()))
         _barrier(self.ctx)
-        return torch.tensor(json.loads(path.read_text()), dtype=torch.float32)
+        return torch.tensor(read_class_weights(path, num_classes), dtype=torch.float32)
 
     def _set_train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -333,71 +534,19 @@ class Trainer:
 
     # main --------------------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        cfg, ctx = self.cfg, self.ctx
-        t_cfg = cfg.train
-        self._prepare_out_dir()
-        label_set = get_label_set(cfg.model.label_set)
-        train_ds, val_ds = self._datasets()
-        if train_ds.num_classes and train_ds.num_classes != label_set.num_classes:
-            raise ValueError(
-                f"dataset {cfg.data.dataset!r} has {train_ds.num_classes} classes but label set "
-                f"{label_set.name!r} has {label_set.num_classes}"
-            )
-        n_train, batch = len(train_ds), t_cfg.batch_size
-        spe = D.steps_per_epoch(n_train, batch)
-        max_iters = t_cfg.max_iters if t_cfg.max_iters is not None else D.epochs_to_steps(t_cfg.epochs, n_train, batch)
-        s = cfg.schedule
-        schedule = LRSchedule(
-            s.policy,
-            max_iters,
-            s.power,
-            s.end_lr_ratio,
-            warmup=s.warmup_iters or round(s.warmup_epochs * spe),
-            step_size=s.step_iters or round(s.step_epochs * spe),
-            gamma=s.gamma,
-        )
+        """:meth:`setup`, train from the start step to ``max_iters``, validate, write ``model.safetensors``."""
+        state = self.setup()
+        self._train(state)
+        return self._finish(state)
 
-        torch.manual_seed(t_cfg.seed)  # identical initial weights on every rank
-        model = build_training_model(cfg, label_set.num_classes, self.log).to(ctx.device)
-        spec = model.input_spec
-        use_amp = t_cfg.amp and ctx.device.type == "cuda"
-        if ctx.distributed and ctx.device.type == "cuda" and t_cfg.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        optimizer = build_optimizer(model, cfg)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        aux_weights = cfg.loss.aux_weights if cfg.loss.aux_weights is not None else getattr(model, "aux_weights", ())
-        weights = self._class_weights(train_ds, label_set.num_classes)
-        loss_fn = SegmentationLoss(
-            label_set.num_classes,
-            cfg.loss.ignore_index,
-            weights.to(ctx.device) if weights is not None else None,
-            cfg.loss.gamma if cfg.loss.type == "focal" else None,
-        )
-
-        start = 0
-        ckpt_path = last_checkpoint(self.out_dir)
-        if self.resume and ckpt_path.is_file():
-            start = self._load_state(ckpt_path, model, optimizer, scaler)
-        else:
-            if self.resume:
-                self.log(f"--resume: no checkpoint at {ckpt_path}; starting from scratch")
-            torch.manual_seed(t_cfg.seed + 1 + ctx.rank)  # training-time randomness (dropout), per rank
-        self._truncate_log(start)
-
-        module = model
-        if ctx.distributed:
-            model = nn.parallel.DistributedDataParallel(
-                model,
-                device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                find_unused_parameters=t_cfg.find_unused_parameters,
-            )
-        self._set_train_mode(model)
-
-        sampler = D.StepSampler(n_train, batch, ctx.world, ctx.rank, t_cfg.accum_steps, t_cfg.seed, start, max_iters)
-        loader = torch.utils.data.DataLoader(
-            D.AugmentedDataset(train_ds, D.build_transforms(cfg.augment), t_cfg.seed),
+    def _loader(self, state: TrainState) -> torch.utils.data.DataLoader:
+        cfg, t_cfg, ctx = self.cfg, self.cfg.train, self.ctx
+        sampler = D.StepSampler(len(state.train_ds), t_cfg.batch_size, ctx.world, ctx.rank, t_cfg.accum_steps,
+                                t_cfg.seed, state.start, state.max_iters)  # fmt: skip
+        return torch.utils.data.DataLoader(
+            D.AugmentedDataset(state.train_ds, D.build_transforms(cfg.augment), t_cfg.seed),
             batch_sampler=sampler,
-            collate_fn=D.Collate(spec, cfg.data.depth_fill),
+            collate_fn=D.Collate(state.module.input_spec, cfg.data.depth_fill),
             num_workers=cfg.data.num_workers,
             worker_init_fn=D.worker_init if cfg.data.num_workers else None,
             # Spawned, not forked, workers: a fork after the parent has run OpenMP/rclpy threads can deadlock
@@ -406,71 +555,91 @@ class Trainer:
             pin_memory=ctx.device.type == "cuda",
             generator=torch.Generator(),  # keeps the global RNG (dropout) independent of the loader
         )
+
+    def _train(self, state: TrainState) -> None:
+        """Optimiser steps ``state.start`` … ``state.max_iters - 1`` with logging, checkpoints and validation."""
+        cfg, ctx, t_cfg = self.cfg, self.ctx, self.cfg.train
+        self._set_train_mode(state.model)
+        loader = self._loader(state)
+        micro = t_cfg.batch_size // (ctx.world * t_cfg.accum_steps)
+        spe = D.steps_per_epoch(len(state.train_ds), t_cfg.batch_size)
         self.log(
             f"training {cfg.model.name} ({cfg.model.backbone or 'default backbone'}) on {cfg.data.dataset}: "
-            f"{n_train} frames, batch {batch} ({sampler.micro} × {ctx.world} ranks × {t_cfg.accum_steps} accum), "
-            f"steps {start} → {max_iters} ({spe} per epoch), device {ctx.device}"
+            f"{len(state.train_ds)} frames, batch {t_cfg.batch_size} ({micro} × {ctx.world} ranks × "
+            f"{t_cfg.accum_steps} accum), steps {state.start} → {state.max_iters} ({spe} per epoch), "
+            f"device {ctx.device}"
         )
         progress = None
         if ctx.main:
             from tqdm import tqdm
 
-            progress = tqdm(total=max_iters, initial=start, desc="train", unit="it", dynamic_ncols=True)
+            progress = tqdm(total=state.max_iters, initial=state.start, desc="train", unit="it", dynamic_ncols=True)
         batches = iter(loader)
-        val_miou = None
-        for step in range(start, max_iters):
-            micro = [next(batches) for _ in range(t_cfg.accum_steps)]
-            record = self._step(step, model, micro, optimizer, scaler, loss_fn, aux_weights, schedule, use_amp)
-            self._record(record)
+        try:
+            for step in range(state.start, state.max_iters):
+                record = self._step(state, step, [next(batches) for _ in range(t_cfg.accum_steps)])
+                if progress is not None:
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+                    progress.update(1)
+                self._after_step(state, step + 1, record)
+        finally:
             if progress is not None:
-                progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
-                progress.update(1)
-            tb = self._tb(start) if ctx.main and ((step + 1) % t_cfg.log_every == 0 or step + 1 == max_iters) else None
-            if tb is not None:
-                for k, v in record.items():
-                    if k != "iter":
-                        tb.add_scalar(f"train/{k}", v, step + 1)
-            done = step + 1
-            if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done < max_iters:
-                self._save_state(ckpt_path, module, optimizer, scaler, done)
-            if val_ds is not None and t_cfg.val_every and done % t_cfg.val_every == 0 and done < max_iters:
-                val_miou = self.validate(module, val_ds, label_set, done, start)
-                self._set_train_mode(model)
-        if progress is not None:
-            progress.close()
-        del batches
-        self._save_state(ckpt_path, module, optimizer, scaler, max_iters)
-        if val_ds is not None:
-            val_miou = self.validate(module, val_ds, label_set, max_iters, start)
-        out = self._save_final(module, label_set, max_iters, val_miou)
+                progress.close()
+            del batches
+
+    def _after_step(self, state: TrainState, done: int, record: dict[str, Any]) -> None:
+        """Log the step's record; checkpoint and validate on the recipe's cadence (the last step: in _finish)."""
+        t_cfg = self.cfg.train
+        self._record(record)
+        if self.ctx.main and (done % t_cfg.log_every == 0 or done == state.max_iters):
+            tb = self._tb(state.start)
+            for k, v in record.items():
+                if tb is not None and k != "iter":
+                    tb.add_scalar(f"train/{k}", v, done)
+        if done == state.max_iters:
+            return
+        if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0:
+            self._save_state(self.ckpt_path, state, done)
+        if state.val_ds is not None and t_cfg.val_every and done % t_cfg.val_every == 0:
+            state.val_miou = self.validate(state.module, state.val_ds, state.label_set, done, state.start)
+            self._set_train_mode(state.model)
+
+    def _finish(self, state: TrainState) -> Path:
+        """The final checkpoint, validation and ``model.safetensors``."""
+        self._save_state(self.ckpt_path, state, state.max_iters)
+        if state.val_ds is not None:
+            state.val_miou = self.validate(state.module, state.val_ds, state.label_set, state.max_iters, state.start)
+        out = self._save_final(state.module, state.label_set, state.max_iters, state.val_miou)
         if self.writer:
             self.writer.close()
         _barrier(self.ctx)
         return out
 
-    def _step(self, step, model, micro, optimizer, scaler, loss_fn, aux_weights, schedule, use_amp) -> dict:
-        ctx, dev = self.ctx, self.ctx.device
-        factor = schedule.factor(step)
+    def _step(self, state: TrainState, step: int, micro: list[tuple[Tensor, Tensor | None, Tensor]]) -> dict:
+        """One optimiser step over the accumulated micro-batches; returns its log record (losses summed over
+        ranks)."""
+        ctx, dev, optimizer, scaler = self.ctx, self.ctx.device, state.optimizer, state.scaler
+        factor = state.schedule.factor(step)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        local_n = sum(float(loss_fn.weight_sum(labels)) for _, _, labels in micro)
+        local_n = sum(float(state.loss_fn.weight_sum(labels)) for _, _, labels in micro)
         (normaliser,) = _all_sum([local_n], ctx)
         parts_sum: dict[str, float] = {}
         for a, (rgb, second, labels) in enumerate(micro):
             rgb, labels = rgb.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
             second = second.to(dev, non_blocking=True) if second is not None else None
             sync = a == len(micro) - 1 or not ctx.distributed
-            with contextlib.nullcontext() if sync else model.no_sync():
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    outputs = model(rgb, second)
-                loss, parts = loss_fn(flatten_outputs(outputs, aux_weights), labels, normaliser)
+            with contextlib.nullcontext() if sync else state.model.no_sync():
+                with torch.autocast("cuda", dtype=torch.float16, enabled=state.use_amp):
+                    outputs = state.model(rgb, second)
+                loss, parts = state.loss_fn(flatten_outputs(outputs, state.aux_weights), labels, normaliser)
                 # DDP averages gradients over ranks; the loss is already a share of the global mean.
                 scaler.scale(loss * ctx.world).backward()
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
         if self.cfg.optim.grad_clip is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(unwrap(model).parameters(), self.cfg.optim.grad_clip)
+            torch.nn.utils.clip_grad_norm_(state.module.parameters(), self.cfg.optim.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -478,48 +647,59 @@ class Trainer:
         totals = dict(zip(names, _all_sum([parts_sum[k] for k in names], ctx)))
         loss_value = sum(totals[k] for k in names)
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at step {step + 1}")
+            raise RunError(f"loss is {loss_value} at step {step + 1}: training diverged (lower optim.lr?); "
+                           f"{self.ckpt_path} holds the last good state")  # fmt: skip
         record = {"iter": step + 1, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"]}
         if len(names) > 1:
             record.update({f"loss_{k}": totals[k] for k in names})
         return record
 
     # checkpoints -----------------------------------------------------------------------------------------------------
-    def _save_state(self, path: Path, module: nn.Module, optimizer, scaler, step: int) -> None:
+    def _save_state(self, path: Path, state: TrainState, step: int) -> None:
         states = [rng_state()]
         if self.ctx.distributed:
             states = [None] * self.ctx.world
             dist.all_gather_object(states, rng_state())
         if self.ctx.main:
-            state = {
-                "model": module.state_dict(),
-                "optimizer": optimizer.state_dict(),
+            ckpt = {
+                "model": state.module.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
                 "scheduler": {"step": step},
-                "scaler": scaler.state_dict(),
+                "scaler": state.scaler.state_dict(),
                 "rng": states,
                 "step": step,
                 "world_size": self.ctx.world,
                 "config": json.dumps(self.cfg.to_dict()),
                 "config_hash": self.cfg.hash(),
             }
-            atomic_torch_save(state, path)
+            atomic_torch_save(ckpt, path)
         _barrier(self.ctx)
 
     def _load_state(self, path: Path, module: nn.Module, optimizer, scaler) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config_hash"] != self.cfg.hash():
+        """Restore a checkpoint written by :meth:`_save_state`; :class:`RunError` when it is unreadable or does
+        not fit the recipe's model."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            step, saved_world, saved_hash = int(state["step"]), int(state["world_size"]), state["config_hash"]
+            model_state, rng = state["model"], state["rng"]
+        except Exception as exc:  # a truncated or foreign file: torch raises many kinds; one line names the file
+            raise RunError(f"--resume: {path} is not a readable training checkpoint: {_one_line(exc)}") from None
+        if saved_hash != self.cfg.hash():
             diff = _config_diff(json.loads(state["config"]), self.cfg.to_dict())
             self.log(f"warning: resuming with a recipe that differs from the checkpoint's: {diff}")
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            module.load_state_dict(model_state)
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise RunError(f"--resume: {path} does not fit the recipe's model: {_one_line(exc)[:300]}") from None
         scaler.load_state_dict(state["scaler"])
-        if state["world_size"] == self.ctx.world:
-            set_rng_state(state["rng"][self.ctx.rank])
+        if saved_world == self.ctx.world:
+            set_rng_state(rng[self.ctx.rank])
         else:
-            self.log(f"warning: checkpoint from {state['world_size']} ranks, now {self.ctx.world}: RNG reseeded")
-            torch.manual_seed(self.cfg.train.seed + 1 + self.ctx.rank + 7919 * state["step"])
-        self.log(f"resumed from {path} at step {state['step']}")
-        return int(state["step"])
+            self.log(f"warning: checkpoint from {saved_world} ranks, now {self.ctx.world}: RNG reseeded")
+            torch.manual_seed(self.cfg.train.seed + 1 + self.ctx.rank + RESEED_PRIME * step)
+        self.log(f"resumed from {path} at step {step}")
+        return step
 
     def _save_final(self, module: nn.Module, label_set, steps: int, val_miou: float | None) -> Path:
         path = self.out_dir / "model.safetensors"
@@ -535,13 +715,15 @@ class Trainer:
                 "eval": json.loads(json.dumps(cfg.to_dict()["eval"])),
                 "val_miou": val_miou,
             }
+            if cfg.data.dataset in DATASET_DEPTH_RANGES_M:
+                metadata["depth_range_m"] = list(DATASET_DEPTH_RANGES_M[cfg.data.dataset])
             write_weights(module, path, metadata, cfg.train.weights_dtype)
             self.log(f"final weights: {path}")
         return path
 
     # validation --------------------------------------------------------------------------------------------------
     def validate(self, module: nn.Module, val_ds, label_set, step: int, start: int) -> float:
-        """Single-scale validation (the recipe's input size and sliding window), mIoU in percent."""
+        """Single-scale validation (the recipe's input size and sliding window); returns mIoU in percent."""
         cfg, ctx = self.cfg, self.ctx
         module.eval()
         backend = _InferenceBackend(module, ctx.device, cfg.train.amp)
@@ -551,22 +733,40 @@ class Trainer:
         protocol = protocol_from_eval_config({**cfg.to_dict()["eval"], "flip": False}, multiscale=False)
         t0 = time.perf_counter()
         result = evaluate(segmenter, val_ds, protocol, ctx.rank, ctx.world, num_examples=cfg.train.num_val_images)
-        cm = result.matrix
-        miou = 100.0 * cm.miou()
-        record = {"iter": step, "val_miou": miou, "val_pixel_acc": 100.0 * cm.pixel_accuracy(),
-                  "val_mean_acc": 100.0 * cm.mean_accuracy()}  # fmt: skip
+        summary = result.matrix.as_dict()
+        record = {"iter": step, "val_miou": summary["miou"], "val_pixel_acc": summary["pixel_accuracy"],
+                  "val_mean_acc": summary["mean_accuracy"]}  # fmt: skip
         self._record(record)
-        self.log(f"step {step}: val mIoU {miou:.2f} (pixel acc {record['val_pixel_acc']:.2f}, "
+        pct = {k: "n/a" if v is None else f"{v:.2f} %" for k, v in record.items()}
+        self.log(f"step {step}: val mIoU {pct['val_miou']} (pixel accuracy {pct['val_pixel_acc']}, "
                  f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
         tb = self._tb(start) if ctx.main else None
         if tb is not None:
             for k, v in record.items():
-                if k != "iter":
+                if k != "iter" and v is not None:
                     tb.add_scalar(f"val/{k.removeprefix('val_')}", v, step)
             for i, (rgb, gt, pred) in enumerate(result.examples):
                 image = np.concatenate([rgb, overlay(rgb, gt, label_set), overlay(rgb, pred, label_set)], axis=1)
                 tb.add_image(f"val/overlay_{i}", image, step, dataformats="HWC")
-        return miou
+        return record["val_miou"]
+
+
+def read_class_weights(path: Path, num_classes: int, log=None) -> list[float] | None:
+    """The weights in ``path`` if it holds ``num_classes`` finite non-negative numbers, else None (``log`` says why
+    when the file exists but is unusable, e.g. written by a run with another label set)."""
+    if not path.is_file():
+        return None
+    try:
+        weights = json.loads(path.read_text())
+        ok = (isinstance(weights, list) and len(weights) == num_classes
+              and all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights))  # fmt: skip
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        if log is not None:
+            log(f"{path} does not hold {num_classes} class weights: recomputing them")
+        return None
+    return [float(w) for w in weights]
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -580,4 +780,15 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-__all__ = ["DistContext", "LRSchedule", "Trainer", "build_training_model", "init_distributed", "param_groups"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "DistContext",
+    "LRSchedule",
+    "RunError",
+    "TrainState",
+    "Trainer",
+    "build_training_model",
+    "init_distributed",
+    "param_groups",
+    "run_outputs",
+]

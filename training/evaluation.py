@@ -160,4 +160,11 @@ def protocol_from_eval_config(eval_cfg: dict, multiscale: bool = True) -> Protoc
     )
 
 
-__all__ = ["EvalResult", "Protocol", "evaluate", "frame_logits", "protocol_from_eval_config", "window_starts"]
+__all__ = [
+    "EvalResult",
+    "Protocol",
+    "evaluate",
+    "frame_logits",
+    "protocol_from_eval_config",
+    "window_starts",
+]

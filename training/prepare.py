@@ -3,7 +3,7 @@
     python -m training.prepare nyudv2 /data/NYUDv2 --out /data/NYUDv2/cache --workers 8
     python -m training.prepare sunrgbd /data/SUNRGBD --option depth=raw --hha-param camera_height_cm=120
 
-Per sample it writes (layout in :mod:`training.datasets.cache`):
+Per sample it writes (layout in :mod:`rgbd_seg_ros.datasets.cache`):
 
 * ``depth_filled/<name>.png``: ``rgbd_seg_ros.depth.completion.fill_depth(depth, method, rgb)`` (skipped with
   ``--fill none``);
@@ -38,11 +38,11 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from rgbd_seg_ros.datasets.base import RGBDDataset, Sample
+from rgbd_seg_ros.datasets.cache import FORMAT_VERSION, MANIFEST, encode_product, product_path
 from rgbd_seg_ros.depth.completion import FILL_METHODS, fill_depth
 from rgbd_seg_ros.depth.hha import HHAParams, compute_hha
 from training.datasets import build_dataset
-from training.datasets.base import RGBDDataset, Sample
-from training.datasets.cache import FORMAT_VERSION, MANIFEST, encode_product, product_path
 
 DEFAULT_CACHE = "rgbd_seg_ros_cache"
 _TMP_SUFFIX = ".tmp"

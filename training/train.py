@@ -9,13 +9,18 @@ Usage::
 
 Overrides are ``key=value`` (dotted ``section.key`` or a unique bare key; values parsed as YAML). ``--resume``
 continues from ``<out_dir>/checkpoints/last.pt``; without ``--config`` it reuses ``<out_dir>/config.yaml``
-(then ``out_dir=`` must be among the overrides).
+(then ``out_dir=`` must be among the overrides). An ``out_dir`` that already holds a run is refused unless
+``--resume`` continues it or ``--force`` replaces it (exactly the run's files; other files stay).
+
+Exit codes: 0 trained; 2 bad command line, recipe or input (one line ``train.py: error: …`` names it; nothing
+was written); 1 an unexpected error (a bug: the traceback is printed, please report it).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -24,11 +29,18 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from rgbd_seg_ros.allocator import tune_allocator
 from training.config import ConfigError, apply_overrides, config_from_dict, load_config, read_recipe
 
+EXIT_USAGE = 2  # bad command line, recipe or input
+EXIT_BUG = 1  # an unexpected exception
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--config", help="recipe YAML (training/configs/*.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoints/last.pt")
+    again.add_argument("--force", action="store_true", help="replace the run already in out_dir (its files only)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     return parser.parse_args(argv)
@@ -45,20 +57,32 @@ def resolve_config(args: argparse.Namespace):
     return config_from_dict(apply_overrides(read_recipe(Path(out[-1]) / "config.yaml"), args.overrides))
 
 
+def fail(message: object) -> int:
+    """Print ``message`` as the one error line and return the usage exit code."""
+    print(f"train.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()
     try:
         cfg = resolve_config(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"train.py: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:
+        return fail(exc)
     if args.print_config:
         print(cfg.to_yaml())
         return 0
-    from training.engine import Trainer
+    from training.engine import RunError, Trainer
 
-    Trainer(cfg, resume=args.resume).run()
+    try:
+        Trainer(cfg, resume=args.resume, force=args.force).run()
+    except RunError as exc:
+        return fail(exc)
+    except Exception:
+        traceback.print_exc()
+        print("train.py: unexpected error: this is a bug, please report it with the traceback above", file=sys.stderr)
+        return EXIT_BUG
     return 0
 
 

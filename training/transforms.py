@@ -27,9 +27,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from rgbd_seg_ros.datasets.base import Sample
+from rgbd_seg_ros.datasets.io import IGNORE_INDEX
 from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame
-from training.datasets.base import Sample
-from training.datasets.io import IGNORE_INDEX
 
 
 def _pixel_maps(frame: RGBDFrame) -> dict[str, np.ndarray]:

@@ -137,8 +137,9 @@ def depth_array(
     ``hha`` and ``jet`` are 8-bit images (0..255); like the colour image they follow ``spec.rgb_order``:
     ``rgb`` keeps the stored order (HHA: disparity, height, angle), ``bgr`` reverses it as ``cv2.imread`` of
     the image file would. HHA uses the raw ``frame.depth`` to mask its normal fits, ``spec.hha_params``
-    for its constants and ``gravity`` (camera frame, e.g. from an IMU) if given, else estimates it — and
-    raises :class:`~rgbd_seg_ros.depth.hha.GravityEstimationError` when the frame has too little depth for that.
+    for its constants and ``gravity`` (camera frame, e.g. from an IMU) if given, else ``frame.gravity``, else
+    estimates it — and raises :class:`~rgbd_seg_ros.depth.hha.GravityEstimationError` when the frame has too
+    little depth for that.
     ``timings``, if given, accumulates the fill's milliseconds under ``"fill"``.
     """
     encoding = spec.depth_encoding
@@ -158,6 +159,7 @@ def depth_array(
             )
     elif encoding == "hha":
         params = HHAParams.from_pairs(spec.hha_params)
+        gravity = frame.gravity if gravity is None else gravity
         image = compute_hha(filled, frame.intrinsics, gravity=gravity, raw_depth_m=frame.depth, params=params)
     elif encoding == "jet":
         image = jet_image(filled, spec.jet_range_m)
@@ -214,7 +216,8 @@ def encode_frames(
         spec: the model's :class:`InputSpec`.
         fill: hole completion before the depth encoding: ``"fast"``, ``"colorization"`` or ``"none"``.
         device: where the tensors go (default CPU).
-        gravity: optional per-frame gravity (unit 3-vector, camera frame, or None to estimate) for HHA.
+        gravity: optional per-frame gravity for HHA (unit 3-vector pointing down in the camera optical frame, or
+            None): default each frame's own ``frame.gravity``; where that is None too, HHA estimates it.
         timings: if given, receives milliseconds spent in the hole fill (``"fill"``) and in everything else
             (``"encode"``: encoding, normalisation, transfer to ``device``).
     """
@@ -237,6 +240,7 @@ def _encode(frames, spec: InputSpec, fill: FillMethod, device, gravity, timings:
         raise ValueError(f"gravity has {len(gravity)} entries for {len(frames)} frames")
     device = torch.device(device) if device is not None else torch.device("cpu")
     gravity = list(gravity) if gravity is not None else [None] * len(frames)
+    gravity = [f.gravity if g is None else g for f, g in zip(frames, gravity)]
     rgb = torch.from_numpy(np.stack([rgb_array(f.rgb, spec) for f in frames])).to(device)
     rgb = normalize(rgb, spec.rgb_norm)
     if spec.depth_encoding == "none":

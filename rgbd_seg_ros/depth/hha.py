@@ -32,8 +32,10 @@ reference's ``K``, pass ``CameraIntrinsics(fx, fy, cx − 1, cy − 1, …)``. W
 Gravity convention: a unit 3-vector, the direction gravity pulls, in the camera optical frame (x right,
 y down, z forward), so a level camera gives ``(0, 1, 0)``.
 
-A torch implementation of the same maths (:func:`compute_hha_torch`, :func:`estimate_gravity_torch`)
-runs on the tensors' device (GPU when present).
+A torch implementation (:func:`compute_hha_torch`, :func:`estimate_gravity_torch`) runs on the tensors' device
+(GPU when present). The maths exists once: the normal solve (:func:`_solve_normals`) and the channel formula
+(:func:`_channels`) take the array namespace (``numpy`` or ``torch``); each backend only supplies its window
+sums, gravity sums and rounding.
 """
 
 from __future__ import annotations
@@ -419,6 +421,28 @@ def _height_gravity(g: np.ndarray) -> np.ndarray:
     return np.array(LEVEL_GRAVITY) if abs(phi) <= 0.1 else g
 
 
+def _channels(xp, z_cm, normals, rays, gravity, height_gravity, p: HHAParams):
+    """The HHA formula (see the module docstring), written once for both backends: (disparity, height, angle)
+    as float planes before rounding.
+
+    ``xp`` is ``numpy`` (one H×W frame; gravity components Python floats) or ``torch`` (B×H×W; components
+    B×1×1 tensors). ``z_cm``: depth in cm, 0 where invalid; ``normals``: (nx, ny, nz) planes; ``rays``:
+    ``(u − cx)/fx`` per column and ``(v − cy)/fy`` per row; ``gravity`` for the angle, ``height_gravity``
+    (:func:`_height_gravity`) for the height.
+    """
+    nx, ny, nz = normals
+    xr, yr = rays
+    gx, gy, gz = gravity
+    hx, hy, hz = height_gravity
+    height = -z_cm * (hx * xr + hy * yr + hz)  # −g·p in cm, p = z·(x ray, y ray, 1)
+    floor = xp.amin(height, axis=(-2, -1), keepdims=True)  # lowest point of each frame
+    floor = xp.where(floor > -p.floor_min_drop_cm, -p.camera_height_cm, floor)  # no floor in view: camera height
+    angle = xp.rad2deg(xp.arccos(xp.clip(nx * gx + ny * gy + nz * gz, -1.0, 1.0)))
+    angle = xp.where(xp.isnan(angle), p.missing_angle_deg, angle)  # no normal
+    disparity = p.disparity_numerator / xp.clip(z_cm, p.min_depth_cm, None)
+    return disparity, (height - floor) * p.height_scale, angle * p.angle_scale + p.angle_offset
+
+
 def compute_hha(
     depth_m: np.ndarray,
     intrinsics: CameraIntrinsics,
@@ -459,32 +483,13 @@ def compute_hha(
         g = _unit_gravity(gravity)
         nx, ny, nz = _normals_np(inputs, intrinsics, p.normal_radius)
     z_cm = np.where(np.isfinite(depth), depth * np.float32(100), np.float32(0))
-    xr, yr = pixel_rays(intrinsics)
-    gh = _height_gravity(g).astype(np.float32)
-    h = z_cm * (-gh[0] * xr - gh[1] * yr - gh[2])
-    y_min = float(h.min())
-    if y_min > -p.floor_min_drop_cm:
-        y_min = -p.camera_height_cm
-    g32 = g.astype(np.float32)
-    cos_a = nx * g32[0]
-    cos_a += ny * g32[1]
-    cos_a += nz * g32[2]
-    np.clip(cos_a, -1, 1, out=cos_a)
-    angle = _arccos(cos_a)
-    angle *= np.float32(math.degrees(1.0) * p.angle_scale)
-    angle += np.float32(p.angle_offset)
-    np.nan_to_num(angle, copy=False, nan=p.missing_angle_deg * p.angle_scale + p.angle_offset)
-    disparity = np.float32(p.disparity_numerator) / np.maximum(z_cm, np.float32(p.min_depth_cm))
-    h -= np.float32(y_min)
-    h *= np.float32(p.height_scale)
-    return cv2.merge([_round_uint8(c) for c in (disparity, h, angle)])
+    planes = _channels(np, z_cm, (nx, ny, nz), pixel_rays(intrinsics), _floats(g), _floats(_height_gravity(g)), p)
+    return cv2.merge([_round_uint8(c) for c in planes])
 
 
-def _arccos(x: np.ndarray) -> np.ndarray:
-    """float32 arccos (NaN stays NaN); torch's vectorised kernel is ~5× faster than NumPy's, same to 2e-7 rad."""
-    import torch
-
-    return torch.acos(torch.from_numpy(x)).numpy()
+def _floats(v: np.ndarray) -> tuple[float, ...]:
+    """Python floats: they keep float32 arithmetic float32 (a NumPy float64 scalar would promote it)."""
+    return tuple(float(x) for x in v)
 
 
 def _round_uint8(plane: np.ndarray) -> np.ndarray:
@@ -631,23 +636,15 @@ def compute_hha_torch(
             raise ValueError(f"gravity must be one 3-vector or one per frame (B={b}), got shape {g.shape}")
         g = np.stack([_unit_gravity(v) for v in np.broadcast_to(g, (b, 3))])
     dev = batch.device
-    nx, ny, nz = _normals_torch(batch, fit, intrinsics, p.normal_radius)
+    normals = _normals_torch(batch, fit, intrinsics, p.normal_radius)
     z_cm = torch.where(torch.isfinite(batch), batch * 100.0, torch.zeros_like(batch))
-    xr, yr = _torch_rays(intrinsics, dev, torch.float32)
-    gh = torch.as_tensor(np.stack([_height_gravity(v) for v in g]), dtype=torch.float32, device=dev).view(b, 3, 1, 1)
-    h = -z_cm * (gh[:, 0] * xr + gh[:, 1] * yr + gh[:, 2])
-    y_min = h.reshape(b, -1).amin(1)
-    y_min = torch.where(y_min > -p.floor_min_drop_cm, torch.full_like(y_min, -p.camera_height_cm), y_min)
-    gt = torch.as_tensor(g, dtype=torch.float32, device=dev).view(b, 3, 1, 1)
-    angle = torch.rad2deg(torch.acos((nx * gt[:, 0] + ny * gt[:, 1] + nz * gt[:, 2]).clamp(-1, 1)))
-    angle = torch.where(torch.isnan(angle), torch.full_like(angle, p.missing_angle_deg), angle)
-    out = torch.stack(
-        [
-            p.disparity_numerator / z_cm.clamp_min(p.min_depth_cm),
-            (h - y_min.view(b, 1, 1)) * p.height_scale,
-            angle * p.angle_scale + p.angle_offset,
-        ],
-        1,
-    )
+    rays = _torch_rays(intrinsics, dev, torch.float32)
+
+    def per_frame(vectors: np.ndarray) -> tuple[torch.Tensor, ...]:  # B×3 → three B×1×1 components
+        t = torch.as_tensor(vectors, dtype=torch.float32, device=dev).view(b, 3, 1, 1)
+        return t[:, 0], t[:, 1], t[:, 2]
+
+    heights = np.stack([_height_gravity(v) for v in g])
+    out = torch.stack(_channels(torch, z_cm, normals, rays, per_frame(g), per_frame(heights), p), 1)
     out = out.round().clamp(0, 255).to(torch.uint8)
     return out[0] if depth.dim() == 2 else out

@@ -58,19 +58,26 @@ def pixel_rays(intrinsics: CameraIntrinsics) -> tuple[np.ndarray, np.ndarray]:
     return xr, yr
 
 
-def backproject(depth_m: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
+def backproject(depth_m: np.ndarray, intrinsics: CameraIntrinsics, stride: int = 1) -> np.ndarray:
     """XYZ point map of a depth image.
 
     Args:
         depth_m: H×W float depth in metres; NaN, ±inf and values ≤ 0 are invalid.
         intrinsics: of this very image (``width`` × ``height`` = W × H).
+        stride: back-project every ``stride``-th pixel of every ``stride``-th row only (pixels ``(k·stride,
+            j·stride)``, each through its own ray).
 
     Returns:
-        float32 H×W×3, metres in the camera optical frame, NaN (all three coordinates) where depth is invalid.
+        float32 ⌈H/stride⌉×⌈W/stride⌉×3, metres in the camera optical frame, NaN (all three coordinates) where
+        depth is invalid.
     """
-    z = sanitize_depth(depth_m)
-    check_size(z.shape, intrinsics)
+    if int(stride) < 1:
+        raise ValueError(f"stride must be ≥ 1, got {stride}")
+    depth = np.asarray(depth_m)
+    z = sanitize_depth(depth[::stride, ::stride] if depth.ndim >= 2 else depth)
+    check_size(depth.shape, intrinsics)
     xr, yr = pixel_rays(intrinsics)
+    xr, yr = xr[:, ::stride], yr[::stride, :]
     out = np.empty((*z.shape, 3), np.float32)
     np.multiply(z, xr, out=out[..., 0])
     np.multiply(z, yr, out=out[..., 1])

@@ -41,12 +41,18 @@ those checkpoints used the constant rate 2 of the final commit is a guess: dilat
 shapes. ``tf_padding=True`` reproduces TensorFlow "SAME" padding on the three strided layers (7×7/2 conv,
 3×3/2 max-pool and the stride-2 3×3 convs): it pads asymmetrically (e.g. (2, 3) instead of 3), which converted
 TF weights need. The default uses PyTorch's symmetric padding.
+
+**The authors' TensorFlow checkpoints** map onto these modules by :meth:`AdapNetPP.tf_variable_map` (and
+:meth:`~rgbd_seg_ros.models.ssma.SSMA.tf_variable_map`): our key → the variable of their graph (``TFVar``), with the
+HWIO → OIHW transposes in :func:`tf_to_torch`; ``rgbd-seg convert`` applies them (``easpp_rates=(6, 12, 18)`` for
+their 19-class Cityscapes models).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -275,6 +281,7 @@ class AdapNetEncoder(nn.Module):
         first_shortcut: Literal["conv1", "input"] | None = None,
         in_channels: int = 3,
         tf_padding: bool = False,
+        easpp_rates: Sequence[int] = (3, 6, 12),
     ) -> None:
         super().__init__()
         cfg = _resolve(variant, dilations=dilations, dropout=dropout, first_shortcut=first_shortcut)
@@ -305,7 +312,7 @@ class AdapNetEncoder(nn.Module):
                 )
             setattr(self, f"layer{s + 1}", PreActStage(units, planes))
             inplanes = planes
-        self.aspp = EASPP(WIDTHS[3], 256)
+        self.aspp = EASPP(WIDTHS[3], 256, tuple(easpp_rates))
         self.skip8 = conv_bn(WIDTHS[1], SKIP_CHANNELS, relu=False)
         self.skip4 = conv_bn(WIDTHS[0], SKIP_CHANNELS, relu=False)
 
@@ -429,12 +436,15 @@ class AdapNetPP(nn.Module):
         first_shortcut: Literal["conv1", "input"] | None = None,
         aux: bool = True,
         tf_padding: bool = False,
+        easpp_rates: Sequence[int] = (3, 6, 12),
     ) -> None:
         super().__init__()
         if modality not in ("rgb", "hha", "jet"):
             raise ValueError(f"modality must be 'rgb', 'hha' or 'jet', got {modality!r}")
         self.modality = modality
-        self.encoder = AdapNetEncoder(variant, dilations, dropout, first_shortcut, tf_padding=tf_padding)
+        self.encoder = AdapNetEncoder(
+            variant, dilations, dropout, first_shortcut, tf_padding=tf_padding, easpp_rates=easpp_rates
+        )
         self.decoder = AdapNetDecoder(num_classes, aux=aux)
         self.aux_weights = AUX_WEIGHTS if aux else ()
         he_init(self)
@@ -446,6 +456,130 @@ class AdapNetPP(nn.Module):
         if self.training:
             return {"out": out, "aux": upsample_aux(aux, tuple(x.shape[2:]))}
         return out
+
+    def tf_variable_map(self) -> dict[str, TFVar]:
+        """This model's state-dict keys → the authors' TF variables (``evaluate.py`` builds the whole graph in the
+        ``resnet_v2_50`` scope); see :func:`encoder_tf_map` and :func:`decoder_tf_map`."""
+        scope = "resnet_v2_50/"
+        return {
+            **{f"encoder.{k}": v for k, v in encoder_tf_map(self.encoder, scope).items()},
+            **{f"decoder.{k}": v for k, v in decoder_tf_map(self.decoder, scope).items()},
+        }
+
+
+# --- the authors' TensorFlow variables (DeepSceneSeg/AdapNet-pp models/AdapNet_pp.py + network_base.py) ---------
+
+
+@dataclass(frozen=True)
+class TFVar:
+    """One TF variable feeding one of our tensors: its name, and for a split 3×3 conv which half of its outputs.
+
+    ``network_base.split_conv2d`` keeps one ``[3, 3, in, out]`` kernel and splits it along ``out``: half 0 is the
+    plain (or first atrous) part, half 1 the atrous part (our ``conv_a`` / ``conv_b``).
+    """
+
+    name: str
+    half: int | None = None
+
+
+#: Our BatchNorm2d attributes ← the authors' ``BatchNorm`` scope variables (``network_base.batch_norm``).
+TF_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def tf_to_torch(value, var: TFVar) -> Tensor:
+    """A TF checkpoint value → our layout: conv ``[kh, kw, in, out]`` → ``[out, in, kh, kw]``, transposed conv
+    ``[kh, kw, out, in]`` → ``[in, out, kh, kw]`` (the same axis permutation), then the ``half`` of a split conv
+    (dim 0); vectors unchanged."""
+    t = torch.as_tensor(value).float()
+    if t.dim() == 4:
+        t = t.permute(3, 2, 0, 1)
+    if var.half is not None:
+        n = t.shape[0] // 2
+        t = t[var.half * n : (var.half + 1) * n]
+    return t.contiguous()
+
+
+#: The eASPP's cascaded branches (rates r1, r2, r3): 1×1 → 3×3 → 3×3 → 1×1 scopes, as ``AdapNet_pp._setup``.
+_TF_EASPP_BRANCHES = (
+    ("conv70", "conv7", "conv247", "conv71"),
+    ("conv80", "conv8", "conv248", "conv81"),
+    ("conv90", "conv9", "conv249", "conv91"),
+)
+#: Our decoder modules ← the authors' decoder scopes.
+_TF_DECODER = (
+    ("up1", "conv41"),
+    ("refine8.0", "conv89"),
+    ("refine8.1", "conv96"),
+    ("up2", "conv16"),
+    ("refine4.0", "conv88"),
+    ("refine4.1", "conv95"),
+    ("refine4.2", "conv78"),
+    ("up3", "conv5"),
+)
+
+
+def _tf_bn(ours: str, scope: str) -> dict[str, TFVar]:
+    return {f"{ours}.{k}": TFVar(f"{scope}/BatchNorm/{v}") for k, v in TF_BN.items()}
+
+
+def _tf_conv_bn(ours: str, scope: str, bn: bool = True, bias: bool = False) -> dict[str, TFVar]:
+    """A ``conv_bn``/``deconv_bn`` Sequential (keys ``0``, ``1``) ← ``scope/weights`` + ``scope/BatchNorm``; with
+    ``bn=False`` a bare conv ``ours`` (``conv_bias``: + ``scope/biases``)."""
+    if not bn:
+        out = {f"{ours}.weight": TFVar(f"{scope}/weights")}
+        if bias:
+            out[f"{ours}.bias"] = TFVar(f"{scope}/biases")
+        return out
+    return {f"{ours}.0.weight": TFVar(f"{scope}/weights"), **_tf_bn(f"{ours}.1", scope)}
+
+
+def encoder_tf_map(encoder: AdapNetEncoder, scope: str) -> dict[str, TFVar]:
+    """Our :class:`AdapNetEncoder` keys → the authors' expert variables under ``scope`` (``resnet_v2_50/`` in
+    AdapNet++, ``rgb/resnet_v2_50/`` and ``depth/resnet_v2_50/`` in SSMA).
+
+    The pre-activation BN of unit k (our ``bn0``) and a stage's closing BN (our ``norm``) live in the scope
+    ``block{b}/unit_{k-1}/bottleneck_v1/conv3/BatchNorm`` of the unit *before* them (``unit_1``/``unit_3``/``unit_4``
+    open that scope on their input); the eASPP and skip convs are the code's numbered scopes.
+    """
+    m = _tf_bn("input_norm", f"{scope}conv0")
+    m |= {"conv1.weight": TFVar(f"{scope}conv1/weights"), **_tf_bn("bn1", f"{scope}conv1")}
+    for s, n in enumerate(UNITS, start=1):
+        stage = getattr(encoder, f"layer{s}")
+        for u, unit in enumerate(stage.units):
+            tf = f"{scope}block{s}/unit_{u + 1}/bottleneck_v1"
+            ours = f"layer{s}.units.{u}"
+            if unit.bn0 is not None:
+                m |= _tf_bn(f"{ours}.bn0", f"{scope}block{s}/unit_{u}/bottleneck_v1/conv3")
+            m |= {f"{ours}.conv1.weight": TFVar(f"{tf}/conv1/weights"), **_tf_bn(f"{ours}.bn1", f"{tf}/conv1")}
+            if isinstance(unit.conv2, MultiscaleConv):
+                m[f"{ours}.conv2.conv_a.weight"] = TFVar(f"{tf}/conv2/weights", 0)
+                m[f"{ours}.conv2.conv_b.weight"] = TFVar(f"{tf}/conv2/weights", 1)
+            else:
+                m[f"{ours}.conv2.weight"] = TFVar(f"{tf}/conv2/weights")
+            m |= _tf_bn(f"{ours}.bn2", f"{tf}/conv2")
+            m[f"{ours}.conv3.weight"] = TFVar(f"{tf}/conv3/weights")
+            if unit.shortcut is not None:
+                m[f"{ours}.shortcut.weight"] = TFVar(f"{tf}/shortcut/weights")
+        m |= _tf_bn(f"layer{s}.norm", f"{scope}block{s}/unit_{n}/bottleneck_v1/conv3")
+    m |= _tf_conv_bn("skip4", f"{scope}conv32") | _tf_conv_bn("skip8", f"{scope}conv174")
+    m |= _tf_conv_bn("aspp.branch1x1", f"{scope}conv256")
+    for i, names in enumerate(_TF_EASPP_BRANCHES):
+        for j, name in enumerate(names):
+            m |= _tf_conv_bn(f"aspp.branches.{i}.{j}", f"{scope}{name}")
+    return m | _tf_conv_bn("aspp.pool.1", f"{scope}conv57") | _tf_conv_bn("aspp.project", f"{scope}conv10")
+
+
+def decoder_tf_map(decoder: AdapNetDecoder, scope: str = "") -> dict[str, TFVar]:
+    """Our :class:`AdapNetDecoder` keys → the authors' decoder variables under ``scope`` (``conv41`` … ``conv5``,
+    auxiliary ``conv911``/``conv912``, SSMA's skip attention ``conv550``/``conv551``)."""
+    m: dict[str, TFVar] = {}
+    for ours, name in _TF_DECODER:
+        m |= _tf_conv_bn(ours, f"{scope}{name}")
+    if decoder.aux4 is not None:
+        m |= _tf_conv_bn("aux4", f"{scope}conv911") | _tf_conv_bn("aux8", f"{scope}conv912")
+    if decoder.att8 is not None:
+        m |= _tf_conv_bn("att8.reduce.1", f"{scope}conv550") | _tf_conv_bn("att4.reduce.1", f"{scope}conv551")
+    return m
 
 
 def input_spec(modality: Modality = "rgb", **_options) -> InputSpec:
@@ -516,6 +650,10 @@ __all__ = [
     "PreActUnit",
     "SamePad2d",
     "SkipAttention",
+    "TFVar",
     "build_adapnet",
+    "decoder_tf_map",
+    "encoder_tf_map",
     "load_encoder_weights",
+    "tf_to_torch",
 ]

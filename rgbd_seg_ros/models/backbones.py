@@ -13,13 +13,16 @@ Pretrained weights load only from a local file (:func:`load_pretrained`); nothin
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor, nn
 
 NormLayer = Callable[[int], nn.Module]
+LOG = logging.getLogger("rgbd_seg_ros")
 
 _LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
@@ -232,43 +235,128 @@ def resnet(depth: int, pretrained: str | Path | None = None, **kwargs) -> ResNet
     return model
 
 
+@dataclass
+class PretrainedReport:
+    """What an ImageNet initialisation loaded: the file's layout (identified by its keys) and the tensor counts.
+
+    ``str(report)`` is the one-line report that training prints; :func:`pretrained_reports` collects them.
+    """
+
+    path: str
+    layout: str  # e.g. "torchvision ResNet-50", "TorchSeg deep-stem (v1c) ResNet-101"
+    target: str  # e.g. "ResNet-101 (deep stem)"
+    loaded: int = 0  # tensors copied
+    ignored: list[str] = field(default_factory=list)  # file keys the model has no use for (e.g. fc.*)
+    missing: list[str] = field(default_factory=list)  # model keys the file did not provide (left at random init)
+
+    def __str__(self) -> str:
+        text = f"pretrained {Path(self.path).name}: {self.layout} → {self.target}, {self.loaded} tensors loaded"
+        if self.ignored:
+            text += f"; {len(self.ignored)} ignored ({_summary(self.ignored)})"
+        if self.missing:
+            text += f"; {len(self.missing)} not in the file, left at random init ({_summary(self.missing)})"
+        return text
+
+    def log_to(self, module: nn.Module) -> None:
+        """Keep the report on ``module`` (for :func:`pretrained_reports`) and log it at INFO."""
+        module.pretrained_report = self
+        LOG.info("%s", self)
+
+
+def _summary(keys: Sequence[str], n: int = 3) -> str:
+    """``a, b, c, …`` of the distinct top-level prefixes of ``keys``."""
+    heads = list(dict.fromkeys(k.rsplit(".", 1)[0] + ".*" for k in keys))
+    return ", ".join(heads[:n]) + (", …" if len(heads) > n else "")
+
+
+def pretrained_reports(model: nn.Module) -> list[PretrainedReport]:
+    """Every :class:`PretrainedReport` left on ``model``'s submodules by a ``pretrained=`` build, in module order."""
+    return [
+        m.pretrained_report
+        for m in model.modules()
+        if isinstance(getattr(m, "pretrained_report", None), PretrainedReport)
+    ]
+
+
+def identify_resnet_layout(state: dict[str, Tensor]) -> str:
+    """Name the ImageNet ResNet layout of ``state`` from its keys and shapes (``module.`` already stripped).
+
+    * ``conv1.0.weight`` (a Sequential stem) → TorchSeg deep-stem "v1c" (``resnet101_v1c.pth``, SA-Gate's start);
+    * flat ``conv1``/``conv2``/``conv3`` 3×3 stem → deep-stem CCNet/SGNet toolbox (``resnet101-imagenet.pth``);
+    * a 7×7 ``conv1`` → torchvision (``resnet50-19c8e357.pth``, ACNet's start).
+
+    Raises:
+        ValueError: no ResNet stem among the keys.
+    """
+    blocks = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("layer3.")), default=-1)
+    depth = {2: 18, 6: 50, 23: 101, 36: 152}.get(blocks, f"?({blocks} layer3 blocks)")
+    if blocks == 6 and "layer1.0.conv3.weight" not in state:
+        depth = 34
+    if "conv1.0.weight" in state:
+        return f"TorchSeg deep-stem (v1c) ResNet-{depth}"
+    conv1 = state.get("conv1.weight")
+    if conv1 is not None and conv1.dim() == 4 and conv1.shape[-1] == 3 and "conv3.weight" in state:
+        return f"deep-stem ResNet-{depth} (CCNet/SGNet toolbox layout)"
+    if conv1 is not None and conv1.dim() == 4 and conv1.shape[-1] == 7:
+        return f"torchvision ResNet-{depth}"
+    raise ValueError(
+        f"no ResNet stem (conv1.weight or conv1.0.weight) among its {len(state)} keys, e.g. {sorted(state)[:3]}"
+    )
+
+
 def load_pretrained(model: ResNet, path: str | Path) -> list[str]:
     """Load ImageNet weights from a local ``.pth``/``.safetensors`` file into ``model``.
 
     Accepts torchvision checkpoints (``conv1``, ``bn1``, ``layerN…``, ``fc`` ignored), the deep-stem
     checkpoints of the SGNet/CCNet toolbox (same flat names) and TorchSeg "v1c" checkpoints
-    (``conv1.{0,1,3,4,6}`` + ``bn1``), with or without ``module.``/``state_dict`` wrapping. A 1-channel
-    stem (depth branch) is initialised with the mean of the RGB kernel over its input channels.
+    (``conv1.{0,1,3,4,6}`` + ``bn1``, e.g. ``resnet101_v1c.pth``), with or without ``module.``/``state_dict``
+    wrapping; the layout is identified from the keys (:func:`identify_resnet_layout`). A 1-channel stem (depth
+    branch) is initialised with the mean of the RGB kernel over its input channels. The
+    :class:`PretrainedReport` is logged and kept on ``model.layer1`` (see :func:`pretrained_reports`).
 
     Returns:
         Model keys that the file did not provide (the caller decides whether that is acceptable).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: the file does not hold weights of this architecture.
+        FileNotFoundError: no such file. ValueError: the file does not hold weights of this architecture (a
+        7×7-stem file for a deep-stem model and vice versa included).
     """
     from rgbd_seg_ros.models.checkpoints import read_state_dict
 
     path = Path(path)
     state = read_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    target = f"ResNet-{model.depth} ({model.stem_type} stem)"
+    try:
+        layout = identify_resnet_layout(state)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not an ImageNet ResNet for {target}: {exc}") from None
+    deep_file = "deep-stem" in layout
+    if deep_file != (model.stem_type == "deep"):
+        want = "stem='deep'" if deep_file else "stem='torchvision'"
+        raise ValueError(f"{path} holds a {layout}, but the model has the {model.stem_type} stem: build it with {want}")
     state = _v1c_to_flat(state)
     own = model.state_dict()
     loaded, mismatched = {}, []
     for key, value in state.items():
         if key not in own:
             continue
-        target = own[key]
-        if key == "conv1.weight" and value.shape[1] != target.shape[1] and target.shape[1] == 1:
+        target_tensor = own[key]
+        if key == "conv1.weight" and value.shape[1] != target_tensor.shape[1] and target_tensor.shape[1] == 1:
             value = value.mean(dim=1, keepdim=True)
-        if value.shape != target.shape:
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
+        if value.shape != target_tensor.shape:
+            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target_tensor.shape)}")
             continue
         loaded[key] = value
     if mismatched or not loaded:
         detail = "; ".join(mismatched[:5]) or "no parameter names in common"
-        raise ValueError(f"{path} does not hold weights for ResNet-{model.depth} ({model.stem_type} stem): {detail}")
+        raise ValueError(f"{path} ({layout}) does not hold weights for {target}: {detail}")
     model.load_state_dict(loaded, strict=False)
-    return sorted(k for k in own if k not in loaded and not k.endswith("num_batches_tracked"))
+    missing = sorted(k for k in own if k not in loaded and not k.endswith("num_batches_tracked"))
+    ignored = sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))
+    # kept on layer1, which every model that borrows this trunk's stages holds (ACNet copies its branches' stages)
+    PretrainedReport(str(path), layout, target, len(loaded), ignored, missing).log_to(model.layer1)
+    return missing
 
 
 def _v1c_to_flat(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -5,12 +5,16 @@
   caller's metadata such as the label set and the training-config hash); the model is rebuilt from it.
 * :func:`load_official`: the authors' released checkpoints, converted by the model's own
   ``convert_official(state_dict) -> state_dict`` method (key mapping, norm folding), read with
-  ``weights_only=True``.
+  ``weights_only=True``; ``rgbd-seg convert`` (:mod:`rgbd_seg_ros.models.convert`) turns them into our format once.
+* :func:`read_weights` / :func:`torch_load_weights_only`: every torch file is read with ``weights_only=True`` (NumPy
+  scalars allowed); a file that pickles code is refused with a message naming what it holds. Handing an authors'
+  file to :func:`load_checkpoint` raises a ValueError with the exact ``rgbd-seg convert`` command.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +29,92 @@ _META_KEY = "rgbd_seg_ros"
 _MODEL_FIELDS = ("model", "backbone", "num_classes", "options")
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a flat ``name → tensor`` dict from ``.safetensors`` or a torch file, never unpickling code.
+#: What a torch file may hold besides tensors and containers: NumPy scalars and dtypes (the GFF authors' snapshots
+#: store ``mean_iu`` as a NumPy float). Each entry rebuilds a plain number or dtype from bytes and runs no other
+#: code; the pickled names of NumPy 1 (``numpy.core``) and NumPy 2 (``numpy._core``) are both listed.
+def _numpy_safe_globals() -> list:
+    import numpy as np
 
-    Torch files are read with ``weights_only=True`` on the CPU; a ``{'state_dict': …}`` or ``{'model': …}``
-    wrapper is unwrapped.
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
+    return [
+        np.dtype,
+        scalar,
+        (scalar, "numpy.core.multiarray.scalar"),
+        *dtypes,
+        *((t, f"numpy.dtypes.{t.__name__}") for t in dtypes),
+    ]
+
+
+@dataclass
+class WeightsFile:
+    """A weights file as read: the flat tensors and what else its top level held.
+
+    Attributes:
+        state: ``name → tensor`` (the ``state_dict``/``model`` wrapper removed).
+        wrapper: the key the tensors were found under (``"state_dict"``, ``"model"``), or None for a bare dict.
+        extras: the wrapper's other entries (``"optimizer"``, ``"epoch"``, …) → a short description; training-only,
+            never loaded into a model.
+    """
+
+    state: dict[str, Tensor]
+    wrapper: str | None = None
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+def _describe_extra(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"dict of {len(value)} entries"
+    if isinstance(value, Tensor):
+        return f"tensor {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 40 else type(value).__name__
+
+
+def torch_load_weights_only(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with NumPy scalars allowed (:func:`_numpy_safe_globals`).
+
+    Raises:
+        ValueError: the file is truncated or not a torch file, or it pickles Python objects beyond tensors (the
+            message names them; such files are never unpickled, because that could run code).
+    """
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol")  # a plain pickle: the error below says so
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # e.g. "invalid magic number": not a torch file
+            raise ValueError(f"{path} is not a readable torch weights file: {_first_line(exc)}") from None
+        try:
+            needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # legacy (non-zip) files: the names are in the unpickler's message
+            needs = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        if not needs:  # no Python object named: a plain pickle or another format, not a torch weights file
+            detail = re.search(r"WeightsUnpickler error: \s*([^\n]+)", str(exc))
+            reason = detail.group(1).strip() if detail else _first_line(exc)
+            raise ValueError(f"{path} is not a readable torch weights file (a plain pickle?): {reason}") from None
+        names = ", ".join(needs)
+        raise ValueError(
+            f"{path} pickles Python objects ({names}), not only tensors and numbers; it is not loaded, because "
+            "unpickling them could run code (rgbd_seg_ros reads torch files with weights_only=True only). Where the "
+            "file was made, save just its tensors, e.g. torch.save(ckpt['state_dict'], 'weights.pth'), and use that"
+        ) from None
+    except Exception as exc:  # truncated zip, legacy EOF, not a torch file at all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = f"{path} is not a readable torch weights file (truncated, or another format?): {first}"
+        raise ValueError(message) from exc
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a ``.safetensors`` or torch weights file without unpickling code (see :func:`torch_load_weights_only`).
+
+    A ``{'state_dict': …}`` or ``{'model': …}`` wrapper is unwrapped; its other entries (optimiser state, epoch,
+    …) are listed in :attr:`WeightsFile.extras`.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: unreadable, pickled code, or no flat dict of tensors inside.
     """
     path = Path(path)
     if not path.is_file():
@@ -37,17 +122,30 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # re-raised with the file name and the reason
-        raise ValueError(f"{path} is not a readable weights file (loaded with weights_only=True): {exc}") from exc
+        try:
+            return WeightsFile(load_file(str(path)))
+        except Exception as exc:  # safetensors raises its own error types; re-raised with the file name
+            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from exc
+    obj = torch_load_weights_only(path)
+    wrapper, extras = None, {}
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            wrapper, extras = key, {str(k): _describe_extra(v) for k, v in obj.items() if k != key}
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return dict(obj)
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        found = sorted(map(str, obj))[:6] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} does not hold a state dict of tensors (found {found})")
+    return WeightsFile(dict(obj), wrapper, extras)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a flat ``name → tensor`` dict from ``.safetensors`` or a torch file, never unpickling code.
+
+    Torch files are read with ``weights_only=True`` on the CPU; a ``{'state_dict': …}`` or ``{'model': …}``
+    wrapper is unwrapped (:func:`read_weights` also reports the wrapper's other entries).
+    """
+    return read_weights(path).state
 
 
 class CheckpointMismatchError(ValueError):
@@ -67,7 +165,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any]
         metadata: JSON-serialisable extras, e.g. ``{"label_set": "nyuv2_40", "training_config_hash": "…"}``.
 
     Returns:
-        The path written.
+        The path written (atomically, with the permissions of a newly created file).
     """
     config = getattr(model, "config", None)
     spec = getattr(model, "input_spec", None)
@@ -92,11 +190,14 @@ def save_checkpoint(model: nn.Module, path: str | Path, metadata: dict[str, Any]
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {exc}") from exc
     from safetensors.torch import save_model
 
+    from rgbd_seg_ros.fileio import atomic_path
+
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path), metadata={_META_KEY: text})
+    with atomic_path(path) as tmp:  # ordinary permissions (0666 minus the umask), never a half-written file
+        save_model(model, str(tmp), metadata={_META_KEY: text})
     return path
 
 
@@ -106,21 +207,35 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
+        from rgbd_seg_ros.models.convert import convert_command, tf_checkpoint_prefix
+
+        if tf_checkpoint_prefix(path) is not None:
+            raise ValueError(f"{path} is not an rgbd_seg_ros checkpoint: {convert_command(path)}")
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types; re-raised with the file name
-        raise ValueError(f"{path} is not a safetensors file: {exc}") from exc
+        raise ValueError(f"{path} is not a safetensors file ({_first_line(exc)}); {_foreign_hint(path)}") from None
     if _META_KEY not in header:
-        raise ValueError(
-            f"{path} has no rgbd_seg_ros metadata; for plain weights use read_state_dict(), "
-            "for the authors' checkpoints load_official()"
-        )
+        raise ValueError(f"{path} has no rgbd_seg_ros metadata; {_foreign_hint(path)}")
     meta = json.loads(header[_META_KEY])
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
     return meta
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _foreign_hint(path: Path) -> str:
+    """What to do with a file that is not our checkpoint: the exact ``rgbd-seg convert`` command when it is an
+    authors' release (read with ``weights_only=True`` and identified by its keys), else where plain weights go."""
+    from rgbd_seg_ros.models.convert import convert_command
+
+    return convert_command(path)
 
 
 def check_compatible(model: nn.Module, meta: dict[str, Any], path: str | Path = "checkpoint") -> None:
@@ -141,6 +256,9 @@ def check_compatible(model: nn.Module, meta: dict[str, Any], path: str | Path = 
 
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`.
+
+    An authors' released file (ACNet's ``ckpt_epoch_1195.00.pth``, a TF checkpoint, …) is refused with a ValueError
+    that names the exact ``rgbd-seg convert`` command to run once (:func:`~rgbd_seg_ros.models.convert.convert`).
 
     Args:
         path: the ``.safetensors`` file.

@@ -40,6 +40,16 @@ levels). These can be selected here: ``gate="channel"`` gives per-channel gates 
 paper's single-channel gate, and ``update="sequential"`` updates the levels in turn (each later level sees the
 already updated ones) instead of simultaneously. The defaults follow the paper.
 
+**GFF as released** (:class:`GFFWideResNet`, ``build_model("gff", 19, backbone="wider_resnet38")``). The only
+released GFF weights ("GFFNet", Cityscapes) are for DecoupleSegNets' ``DeepWV3PlusGFFNet``, rebuilt here with the
+authors' module names so their snapshot loads by name (333 keys, 141.10 M parameters at 19 classes, as their
+model): a dilated WideResNet-38-A2 (:mod:`~rgbd_seg_ros.models.wider_resnet`, output stride 8, no ``bn_out``), an
+ASPP that concatenates the image-pool branch first (rates 12/24/36, no projection), ``bot_aspp`` (a bare 3×3 conv
+1280 → 256) and :class:`ReleasedGFFHead`: 128-channel per-channel gates on the raw levels [mod2 (1/2), mod5 (1/8),
+ASPP], the sequential update, a three-layer DFP with dilations 3/6/9 and a two-conv classifier at 1/2 resolution,
+upsampled (align_corners=True) to the input size. It takes ImageNet-normalised RGB only; there is no auxiliary
+head.
+
 **GFF as an RGB-D decoder** (:class:`GFFDecoder`; ``build_model("acnet" | "sagate", decoder="gff")``). This is
 *our extension*: the paper is RGB-only. The decoder takes the multi-level *fused* features of an RGB-D encoder
 (ACNet's fusion branch, SA-Gate's merged features), puts its own PPM on the top level as the context map,
@@ -59,13 +69,14 @@ from rgbd_seg_ros.depth.encode import IMAGENET_MEAN, IMAGENET_STD, InputSpec, No
 from rgbd_seg_ros.models.backbones import resnet
 from rgbd_seg_ros.models.heads import FCNHead, conv_norm_act
 from rgbd_seg_ros.models.registry import register
+from rgbd_seg_ros.models.wider_resnet import WiderResNet38, load_wider_resnet_imagenet
 
 HeadType = Literal["psp", "gff", "gff_dfp"]
 GateType = Literal["pixel", "channel"]
 UpdateType = Literal["simultaneous", "sequential"]
 ALIGN_CORNERS = True  # PSPNet / GFF authors' bilinear resizing
 AUX_WEIGHT = 0.4
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wider_resnet38")
 
 
 def resize(x: Tensor, size: Sequence[int]) -> Tensor:
@@ -364,6 +375,126 @@ class GFFNet(nn.Module):
         return out
 
 
+# --- GFF as released: WideResNet-38 + ASPP + GFF/DFP head (lxtGH/DecoupleSegNets "GFFNet") ---------------------
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias, "same" padding) → BN → ReLU; keys ``0``, ``1`` (the authors' ``conv_bn_relu``)."""
+    pad = dilation * (kernel // 2)
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ImagePoolASPP(nn.Module):
+    """The DecoupleSegNets ASPP: image pooling *first*, then a 1×1 and three 3×3 atrous branches, concatenated.
+
+    Keys ``img_conv.{0,1}`` and ``features.{0..3}.{0,1}``; every branch is conv (no bias) + BN + ReLU.
+    ``forward``: B×cin×h×w → B×(5·channels)×h×w (no projection; the model's ``bot_aspp`` follows).
+    """
+
+    def __init__(self, cin: int, channels: int = 256, rates: Sequence[int] = (12, 24, 36)) -> None:
+        super().__init__()
+        self.img_conv = conv_bn_relu(cin, channels)
+        self.features = nn.ModuleList(
+            [conv_bn_relu(cin, channels), *(conv_bn_relu(cin, channels, 3, r) for r in rates)]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = resize(self.img_conv(x.mean((2, 3), keepdim=True)), x.shape[-2:])
+        return torch.cat([pooled, *(f(x) for f in self.features)], dim=1)
+
+
+class DenseDFPBlock(nn.Sequential):
+    """One DFP layer of the released head: BN-ReLU → 1×1 conv (bias) → BN-ReLU → 3×3 conv at ``dilation`` (bias).
+
+    Keys ``norm1``, ``conv1``, ``norm2``, ``conv2`` (the authors' ``DenseBlock``).
+    """
+
+    def __init__(self, cin: int, mid: int, cout: int, dilation: int) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, mid, 1)
+        self.norm2 = nn.BatchNorm2d(mid)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(mid, cout, 3, padding=dilation, dilation=dilation)
+
+
+class ReleasedGFFHead(nn.Module):
+    """The released GFF + DFP head over three levels [m2 (1/2), m5 (1/8), ASPP (1/8)], 128 channels wide.
+
+    * ``gate{1,2,3}``: 1×1 conv (bias) + sigmoid on the *raw* level → 128 per-channel gates;
+    * ``d_in{1,2,3}``: 1×1 conv-BN-ReLU → 128 channels;
+    * the Eq. 5 update applied in turn (:func:`gff_update` with ``"sequential"``: ASPP reads the updated m2, m5);
+    * DFP at the m2 size: ``d3 = dense_3(ASPP_fused)``, ``d6 = dense_6([d3, m5_fused])``,
+      ``d9 = dense_9([d3, d6, m2_fused])`` (dilations 3, 6, 9);
+    * ``cls`` on ``[d3, ASPP_unfused, d6, d9]`` (512 ch): 3×3 CBR → 3×3 CBR → 1×1 (no bias).
+
+    ``forward([m2, m5, aspp])`` → B×K logits at m2's size.
+    """
+
+    def __init__(self, num_classes: int, in_channels: Sequence[int] = (128, 1024, 256), channels: int = 128) -> None:
+        super().__init__()
+        for i, cin in enumerate(in_channels, start=1):
+            setattr(self, f"d_in{i}", conv_bn_relu(cin, channels))
+            setattr(self, f"gate{i}", nn.Sequential(nn.Conv2d(cin, channels, 1), nn.Sigmoid()))
+        self.dense_3 = DenseDFPBlock(channels, channels, channels, 3)
+        self.dense_6 = DenseDFPBlock(2 * channels, channels, channels, 6)
+        self.dense_9 = DenseDFPBlock(3 * channels, channels, channels, 9)
+        self.cls = nn.Sequential(
+            *conv_bn_relu(4 * channels, 256, 3), *conv_bn_relu(256, 256, 3), nn.Conv2d(256, num_classes, 1, bias=False)
+        )
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        gates = [getattr(self, f"gate{i}")(x) for i, x in enumerate(feats, start=1)]
+        reduced = [getattr(self, f"d_in{i}")(x) for i, x in enumerate(feats, start=1)]
+        m2, m5, aspp_fused = gff_update(reduced, gates, "sequential")
+        size = m2.shape[-2:]
+        d3 = self.dense_3(resize(aspp_fused, size))
+        d6 = self.dense_6(torch.cat([d3, resize(m5, size)], dim=1))
+        d9 = self.dense_9(torch.cat([d3, d6, m2], dim=1))
+        return self.cls(torch.cat([d3, resize(reduced[2], size), d6, d9], dim=1))
+
+
+class GFFWideResNet(WiderResNet38):
+    """GFF as released (DecoupleSegNets ``DeepWV3PlusGFFNet``): WideResNet-38-A2 (output stride 8), an
+    image-pool-first ASPP (rates 12/24/36) on ``mod7``, ``bot_aspp`` (a bare 3×3 conv 1280 → 256) and
+    :class:`ReleasedGFFHead` on ``[mod2, mod5, bot_aspp]``. RGB only; no auxiliary head.
+
+    Keys are the authors' (``mod1.conv1.weight``, ``aspp.features.0.0.weight``, ``bot_aspp.weight``,
+    ``gff_head.gate1.0.weight``, …). ``forward(rgb, depth_input=None)``: rgb B×3×H×W (ImageNet-normalised, H and
+    W multiples of 8) → B×K×H×W logits (eval) or ``{"out", "aux": []}`` (train); the head's 1/2-resolution
+    logits are upsampled bilinearly (align_corners=True), as the authors' ``forward``.
+    """
+
+    aux_weights: tuple[float, ...] = ()
+
+    def __init__(self, num_classes: int, pretrained: str | None = None) -> None:
+        super().__init__()
+        if pretrained is not None:
+            load_wider_resnet_imagenet(self, pretrained)
+        self.aspp = ImagePoolASPP(4096, 256, (12, 24, 36))
+        self.bot_aspp = nn.Conv2d(1280, 256, 3, padding=1, bias=False)
+        self.gff_head = ReleasedGFFHead(num_classes)
+        kaiming_init(self.gff_head)
+
+    def forward(self, rgb: Tensor, depth_input: Tensor | None = None) -> Tensor | dict[str, Tensor | list[Tensor]]:
+        if not isinstance(rgb, Tensor) or rgb.dim() != 4 or rgb.shape[1] != 3:
+            shape = tuple(rgb.shape) if isinstance(rgb, Tensor) else type(rgb).__name__
+            raise ValueError(f"GFF expects rgb of shape B×3×H×W, got {shape}")
+        feats = super().forward(rgb)
+        aspp = self.bot_aspp(self.aspp(feats["mod7"]))
+        out = resize(self.gff_head([feats["mod2"], feats["mod5"], aspp]), rgb.shape[-2:])
+        return {"out": out, "aux": []} if self.training else out
+
+    def convert_official(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The authors' snapshot ``state_dict`` (``module.`` stripped) is already in this model's layout."""
+        return dict(state)
+
+
 def input_spec(**_options) -> InputSpec:
     """RGB /255 with ImageNet mean/std, no depth input."""
     return InputSpec(depth_encoding="none", rgb_norm=Normalization(255.0, IMAGENET_MEAN, IMAGENET_STD))
@@ -374,10 +505,20 @@ def input_spec(**_options) -> InputSpec:
     input_spec=input_spec,
     default_backbone="resnet101",
     backbones=BACKBONES,
-    description="GFF: dilated ResNet PSPNet + Gated Fully Fusion + Dense Feature Pyramid (RGB only)",
+    description="GFF: ResNet PSPNet (paper) or WideResNet-38 + ASPP (released) with Gated Fully Fusion, RGB only",
 )
-def build_gff(num_classes: int, backbone: str = "resnet101", pretrained: str | None = None, **options) -> GFFNet:
-    """Registry builder; ``options`` as :class:`GFFNet` (stem, output_stride, head, gate, update, …)."""
+def build_gff(
+    num_classes: int, backbone: str = "resnet101", pretrained: str | None = None, **options
+) -> GFFNet | GFFWideResNet:
+    """Registry builder. ``backbone="resnet…"``: the paper's model, ``options`` as :class:`GFFNet` (stem,
+    output_stride, head, gate, update, …). ``backbone="wider_resnet38"``: the authors' released model
+    (:class:`GFFWideResNet`), which takes no options."""
+    if backbone == "wider_resnet38":
+        if options:
+            raise ValueError(
+                f"GFF with wider_resnet38 is the authors' released model and takes no options, got {options}"
+            )
+        return GFFWideResNet(num_classes, pretrained=pretrained)
     return GFFNet(num_classes, depth=int(backbone.removeprefix("resnet")), pretrained=pretrained, **options)
 
 
@@ -386,8 +527,11 @@ __all__ = [
     "GFFDecoder",
     "GFFHead",
     "GFFNet",
+    "GFFWideResNet",
     "GatedFullyFusion",
+    "ImagePoolASPP",
     "PyramidPooling",
+    "ReleasedGFFHead",
     "adaptive_avg_pool",
     "build_gff",
     "gff_update",

@@ -193,7 +193,10 @@ class DualResNet(ResNet):
         state = self.state_dict()
         twins = {_hha_twin(k): v for k, v in state.items() if not k.startswith("sagates.") and "hha_" not in k}
         self.load_state_dict({k: v for k, v in twins.items() if k in state}, strict=False)
-        return [k for k in missing if "hha_" not in k and not k.startswith("sagates.")]
+        missing = [k for k in missing if "hha_" not in k and not k.startswith("sagates.")]
+        report = self.layer1.pretrained_report  # left by load_pretrained: the HHA twins are filled now
+        report.target, report.missing = f"{report.target}, copied into the HHA stream", missing
+        return missing
 
 
 def _hha_twin(key: str) -> str:

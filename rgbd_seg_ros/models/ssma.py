@@ -49,11 +49,15 @@ from rgbd_seg_ros.models import adapnet
 from rgbd_seg_ros.models.adapnet import (
     AUX_WEIGHTS,
     SKIP_CHANNELS,
+    TF_BN,
     AdapNetDecoder,
     AdapNetEncoder,
     AdapNetPP,
     DilationPair,
+    TFVar,
     check_input,
+    decoder_tf_map,
+    encoder_tf_map,
     he_init,
     load_encoder_weights,
     upsample_aux,
@@ -66,6 +70,12 @@ SSMA_VARIANTS: dict[str, dict] = {
     "paper": {"latent_fusion_kernel": 3, "skip_fusion_bn": True, "eta_on": "c"},
 }
 ExpertSource = str | Path | Mapping[str, Tensor] | nn.Module
+#: Our SSMA blocks ← the authors' (reduce, expand, fuse) scopes in ``SSMA._setup``.
+_TF_SSMA_BLOCKS = {
+    "ssma_latent": ("conv511", "conv512", "conv515"),
+    "ssma_skip8": ("conv513", "conv514", "conv552"),
+    "ssma_skip4": ("conv518", "conv519", "conv553"),
+}
 
 
 class SSMABlock(nn.Module):
@@ -171,6 +181,29 @@ class SSMA(nn.Module):
         if self.training:
             return {"out": out, "aux": upsample_aux(aux, tuple(rgb.shape[2:]))}
         return out
+
+    def tf_variable_map(self) -> dict[str, TFVar]:
+        """This model's state-dict keys → the authors' TF variables (``DeepSceneSeg/SSMA`` ``models/SSMA.py``).
+
+        Experts under ``rgb/resnet_v2_50/`` and ``depth/resnet_v2_50/``; at the root the fusion blocks (latent:
+        ``conv511``/``conv512`` gate, ``conv515`` 1×1 + BN; 1/8 skips: ``conv513``/``conv514``, ``conv552``; 1/4
+        skips: ``conv518``/``conv519``, ``conv553``; all with biases except the BN-followed ``conv515``) and the
+        decoder with its skip attention (``conv550``/``conv551``). The released fusion checkpoints have no auxiliary
+        heads: convert them into ``aux=False``.
+        """
+        m = {f"encoder_rgb.{k}": v for k, v in encoder_tf_map(self.encoder_rgb, "rgb/resnet_v2_50/").items()}
+        m |= {f"encoder_depth.{k}": v for k, v in encoder_tf_map(self.encoder_depth, "depth/resnet_v2_50/").items()}
+        for block, (reduce, expand, fuse) in _TF_SSMA_BLOCKS.items():
+            module = getattr(self, block)
+            for ours, scope in (("reduce", reduce), ("expand", expand)):
+                m[f"{block}.{ours}.weight"] = TFVar(f"{scope}/weights")
+                m[f"{block}.{ours}.bias"] = TFVar(f"{scope}/biases")
+            m[f"{block}.fuse.weight"] = TFVar(f"{fuse}/weights")
+            if isinstance(module.bn, nn.BatchNorm2d):
+                m |= {f"{block}.bn.{k}": TFVar(f"{fuse}/BatchNorm/{v}") for k, v in TF_BN.items()}
+            else:
+                m[f"{block}.fuse.bias"] = TFVar(f"{fuse}/biases")
+        return m | {f"decoder.{k}": v for k, v in decoder_tf_map(self.decoder).items()}
 
     # --- staged training -------------------------------------------------------------------------------------
     def load_experts(self, rgb: ExpertSource, depth: ExpertSource, freeze: bool | None = None) -> None:

@@ -33,10 +33,16 @@ def _custom_flops() -> dict:
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor | None) -> int:
     """Multiply-accumulates of one ``model(*inputs)`` forward (eval mode, no grad)."""
+    from rgbd_seg_ros.models.sconv import use_sconv_implementation
+
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_custom_flops()) as counter:
+    try:  # S-Conv counted as the operator (torchvision's), not as the CPU gather path's regrouped products
+        with (
+            torch.no_grad(),
+            use_sconv_implementation("torchvision"),
+            FlopCounterMode(display=False, custom_mapping=_custom_flops()) as counter,
+        ):
             model(*inputs)
     finally:
         model.train(was_training)

@@ -4,9 +4,11 @@ Decoding honours ``step`` (row padding) and ``is_bigendian``; arrays are copies,
 message buffer. Accepted encodings (names as in ``sensor_msgs/image_encodings.hpp``):
 
 * colour: ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (alpha dropped), ``mono8`` (grey replicated to RGB);
-* depth (REP 118): ``16UC1`` / ``mono16`` in millimetres with 0 = invalid, ``32FC1`` in metres with
+* depth (REP 118): ``16UC1`` / ``mono16`` in millimetres with 0 and 65535 = invalid, ``32FC1`` in metres with
   NaN/±inf (and ≤ 0) = invalid; a ``depth_scale`` (metres per unit) overrides either unit. Conversion goes
-  through :func:`rgbd_seg_ros.frames.depth_to_metres`, the library's one unit boundary.
+  through :func:`rgbd_seg_ros.frames.depth_to_metres`, the library's one unit boundary; depth whose values do
+  not look like its unit leaves :func:`~rgbd_seg_ros.frames.depth_units_warning`'s text in the frame's
+  ``meta[DEPTH_UNITS_WARNING]`` for the caller to log once.
 
 Outputs are encoded from arrays with :func:`image_from_array` (``mono8``, ``mono16``, ``16UC1``, ``32FC1``,
 ``rgb8``, ``bgr8``), little- or big-endian as the host is.
@@ -20,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame, depth_to_metres
+from rgbd_seg_ros.frames import DEPTH_UNITS_WARNING, CameraIntrinsics, RGBDFrame, depth_to_metres, depth_units_warning
 
 __all__ = [
     "COLOR_ENCODINGS",
@@ -64,12 +66,15 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def image_to_array(msg: Any) -> np.ndarray:
-    """Decode an Image to a native-endian H×W (one channel) or H×W×C array (a copy).
+    """Decode an Image to a native-endian H×W (one channel) or H×W×C array (a copy; a decoded compressed image's own).
 
     Raises:
         UnsupportedEncodingError: an encoding outside the table above.
         ValueError: ``step`` or ``data`` too short for ``width`` × ``height`` of that encoding.
     """
+    pixels = getattr(msg, "pixels", None)
+    if pixels is not None:  # a decoded CompressedImage (rgbd_seg_ros.ros.compressed.DecodedImage): already an array
+        return pixels
     layout = _LAYOUTS.get(msg.encoding)
     if layout is None:
         raise UnsupportedEncodingError(f"unsupported image encoding {msg.encoding!r}")
@@ -111,11 +116,15 @@ def depth_to_metres_image(msg: Any, scale: float | None = None) -> np.ndarray:
 
     ``scale`` (metres per unit) overrides REP 118's units (0.001 for 16-bit, 1.0 for 32FC1); None or ≤ 0 keeps them.
     """
+    return depth_to_metres(_depth_pixels(msg), scale if scale is not None and scale > 0 else None)
+
+
+def _depth_pixels(msg: Any) -> np.ndarray:
     if msg.encoding not in DEPTH_ENCODINGS:
         raise UnsupportedEncodingError(
             f"depth image encoding {msg.encoding!r} is not supported; use 16UC1 (mm) or 32FC1 (m) (REP 118)"
         )
-    return depth_to_metres(image_to_array(msg), scale if scale is not None and scale > 0 else None)
+    return image_to_array(msg)
 
 
 def image_from_array(array: np.ndarray, encoding: str, header: Any = None) -> Any:
@@ -170,20 +179,28 @@ def to_rgbd_frame(
     """Build the frame of a synchronised (colour, depth) pair; stamp and frame id are the colour header's.
 
     Args:
-        color: colour ``Image``. depth: depth ``Image``, registered to the colour camera.
+        color: colour ``Image``. depth: depth ``Image``, registered to the colour camera. Either may be a
+            ``CompressedImage`` (decoded here by :mod:`rgbd_seg_ros.ros.compressed`) or a decoded one.
         intrinsics: of the depth image (its CameraInfo) or of the colour image; scaled to the colour size.
         depth_scale: metres per depth unit; None or ≤ 0 = REP 118 units.
 
     Returns:
         The frame (depth resampled to the colour size with nearest neighbour where sizes differ) and whether
-        depth had to be resized.
+        depth had to be resized. Depth that looks like another unit (:func:`~rgbd_seg_ros.frames.depth_units_warning`)
+        leaves the warning's text in ``frame.meta[DEPTH_UNITS_WARNING]``.
 
     Raises:
         UnsupportedEncodingError, ValueError: undecodable images, or depth / intrinsics whose aspect ratio
         differs from the colour image's (depth not registered to the colour camera).
     """
+    from rgbd_seg_ros.ros.compressed import decode_inputs
+
+    color, depth = decode_inputs(color, depth)  # CompressedImage → DecodedImage; raw images pass through
     rgb = color_to_rgb(color)
-    metres = depth_to_metres_image(depth, depth_scale)
+    raw = _depth_pixels(depth)
+    scale = depth_scale if depth_scale is not None and depth_scale > 0 else None
+    metres = depth_to_metres(raw, scale)
+    units_warning = depth_units_warning(raw, scale)
     size = (rgb.shape[1], rgb.shape[0])
     depth_size = (metres.shape[1], metres.shape[0])
     for what, other in (("depth", depth_size), ("CameraInfo", (intrinsics.width, intrinsics.height))):
@@ -204,5 +221,6 @@ def to_rgbd_frame(
         intrinsics=intrinsics,
         stamp_ns=stamp_to_ns(color.header.stamp),
         frame_id=str(color.header.frame_id),
+        meta={DEPTH_UNITS_WARNING: units_warning} if units_warning else {},
     )
     return frame, resized

@@ -16,9 +16,14 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from rgbd_seg_ros.frames import DEFAULT_MIN_VALID_DEPTH
+from rgbd_seg_ros.ros.compressed import TRANSPORTS
+from rgbd_seg_ros.ros.imu import camera_from_imu_matrix
+from rgbd_seg_ros.settings import BACKENDS, DEFAULT_DEPTH_RANGE_M, DEFAULT_NUM_THREADS, DEPTH_FILLS
+
 __all__ = ["OUTPUTS", "PARAMS", "RUNTIME_PARAMS", "ParamSpec", "StartupError", "declare_parameters", "validate"]
 
-#: Output topic (``~/<name>``) of each published image.
+#: Output topic (``~/<name>``) of each published image (``~/points`` and ``~/label_info`` are published beside them).
 OUTPUTS: tuple[str, ...] = ("labels", "color", "overlay", "confidence")
 
 
@@ -56,17 +61,73 @@ PARAMS: tuple[ParamSpec, ...] = (
         "precision", "auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", ("auto", "fp32", "fp16", "bf16")
     ),
     ParamSpec(
-        "backend", "torch", "Inference backend; onnxruntime needs an .onnx checkpoint.", ("torch", "onnxruntime")
+        "backend",
+        "auto",
+        "Inference backend: auto (ONNX Runtime on the CPU, exported once to the ONNX cache; torch on CUDA, or "
+        "ONNX Runtime's TensorRT provider where installed), torch or onnxruntime.",
+        BACKENDS,
     ),
     ParamSpec(
-        "input_size", [0, 0], "Model input [height, width] in pixels; [0, 0] = the frame's (or the export's) size."
+        "input_size",
+        [0, 0],
+        "Model input [height, width] in pixels; [0, 0] = the size the checkpoint was trained (or exported) at, else "
+        "the frame's. Another size than the checkpoint's logs a warning.",
     ),
-    ParamSpec("depth_fill", "fast", "Depth hole filling before encoding.", ("fast", "colorization", "none")),
+    ParamSpec(
+        "num_threads",
+        DEFAULT_NUM_THREADS,
+        "CPU intra-op threads for torch and ONNX Runtime; 0 = their defaults (one per core). The default was "
+        "measured fastest on a shared 2-core CPU (benchmarks/threads.py).",
+        bounds=(0, 256),
+    ),
+    ParamSpec(
+        "onnx_cache", "", "Folder of the ONNX export cache; empty = $RGBD_SEG_CACHE or ~/.cache/rgbd_seg_ros/onnx."
+    ),
+    ParamSpec(
+        "depth_fill",
+        "",
+        "Depth hole filling before encoding; empty = the checkpoint's training fill (else fast).",
+        ("", *DEPTH_FILLS),
+    ),
+    ParamSpec(
+        "min_depth_m",
+        0.0,
+        "Nearest valid depth (m); nearer depth is invalid before filling and encoding. 0 = the checkpoint's range, "
+        f"else {DEFAULT_DEPTH_RANGE_M[0]} m (the launch presets set each camera's range).",
+        bounds=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "max_depth_m",
+        0.0,
+        "Farthest valid depth (m); farther depth (and 0 / 65535 / NaN / inf sentinels) is invalid. 0 = the "
+        f"checkpoint's range, else {DEFAULT_DEPTH_RANGE_M[1]} m.",
+        bounds=(0.0, 1000.0),
+    ),
+    ParamSpec(
+        "min_valid_depth",
+        DEFAULT_MIN_VALID_DEPTH,
+        "Fraction of a frame's pixels with valid depth (in the depth range, before filling) below which depth counts "
+        "as failed: one warning per outage (and one line when depth returns), /diagnostics at WARN meanwhile.",
+        bounds=(0.0, 1.0),
+        runtime=True,
+    ),
     ParamSpec(
         "depth_scale",
         0.0,
         "Metres per depth unit; 0 = REP 118 units (16UC1 millimetres, 32FC1 metres).",
         bounds=(0.0, 100.0),
+    ),
+    ParamSpec(
+        "imu_topic",
+        "",
+        "sensor_msgs/Imu topic whose accelerometer gives HHA's gravity (rotated by camera_from_imu); empty = none: "
+        "gravity is estimated from each depth image, as it is while no reading is within 0.5 s of a frame.",
+    ),
+    ParamSpec(
+        "camera_from_imu",
+        [0.0, 0.0, 0.0, 1.0],
+        "Rotation [x, y, z, w] from the IMU message's frame to the colour camera's optical frame (tf2_echo "
+        "<colour optical frame> <IMU frame>); [0, 0, 0, 1] = the IMU's axes are the optical axes.",
     ),
     ParamSpec(
         "sync_backend",
@@ -83,6 +144,20 @@ PARAMS: tuple[ParamSpec, ...] = (
         "Subscription QoS: sensor_data (best effort; receives best-effort and reliable publishers) or reliable "
         "(receives nothing from a best-effort camera).",
         ("sensor_data", "reliable"),
+    ),
+    ParamSpec(
+        "input_transport.color",
+        "raw",
+        "Colour input: raw (sensor_msgs/Image on color/image) or compressed (image_transport's CompressedImage on "
+        "color/image/compressed, JPEG or PNG, decoded on the worker thread).",
+        TRANSPORTS,
+    ),
+    ParamSpec(
+        "input_transport.depth",
+        "raw",
+        "Depth input: raw (sensor_msgs/Image on depth/image) or compressed (image_transport's compressedDepth on "
+        "depth/image/compressedDepth: 16UC1 PNG or 32FC1 quantised inverse depth).",
+        TRANSPORTS,
     ),
     ParamSpec(
         "camera_info_timeout",
@@ -103,6 +178,21 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_overlay", True, "Publish ~/overlay (rgb8 palette blended over the input).", runtime=True),
     ParamSpec(
         "publish_confidence", True, "Publish ~/confidence (32FC1 probability of the chosen class).", runtime=True
+    ),
+    ParamSpec(
+        "publish_points",
+        True,
+        "Publish ~/points (PointCloud2: x y z, rgb, label, confidence per depth pixel, the depth image's header); "
+        "computed only while subscribed (or publish_all).",
+        runtime=True,
+    ),
+    ParamSpec("points_stride", 1, "~/points uses every N-th pixel of every N-th row.", bounds=(1, 64), runtime=True),
+    ParamSpec(
+        "points_organized",
+        False,
+        "~/points keeps the (decimated) image grid, invalid depth as NaN points with is_dense false; otherwise "
+        "invalid depth is left out.",
+        runtime=True,
     ),
     ParamSpec(
         "publish_all",
@@ -161,6 +251,15 @@ def validate(values: Mapping[str, Any]) -> None:
     size = list(values["input_size"])
     if len(size) != 2 or any(v < 0 for v in size) or (0 in size and size != [0, 0]):
         raise StartupError(f"parameter 'input_size' is {size}; expected [height, width] > 0 or [0, 0]")
+    if float(values["max_depth_m"]) and not float(values["min_depth_m"]) < float(values["max_depth_m"]):
+        raise StartupError(
+            f"parameters 'min_depth_m' ({values['min_depth_m']}) and 'max_depth_m' ({values['max_depth_m']}): the "
+            "minimum must be below the maximum"
+        )
+    try:
+        camera_from_imu_matrix(values["camera_from_imu"])
+    except ValueError as exc:
+        raise StartupError(f"parameter 'camera_from_imu': {exc}") from None
     intr = [float(v) for v in values["fallback_intrinsics"]]
     if len(intr) != 4 or (any(intr) and not (intr[0] > 0 and intr[1] > 0)):
         raise StartupError(f"parameter 'fallback_intrinsics' is {intr}; expected [fx, fy, cx, cy] with fx, fy > 0")

@@ -3,7 +3,8 @@
 Layout of a cache directory::
 
     manifest.json              what was computed and how (dataset, loader options, fill method, HHA params)
-    depth_filled/<name>.png    16-bit PNG, filled depth in millimetres (0 = still no value; > 65.535 m saturates)
+    depth_filled/<name>.png    16-bit PNG, filled depth in millimetres (0 = still no value or beyond 65.534 m:
+                               :func:`~rgbd_seg_ros.frames.metres_to_millimetres_u16`)
     hha/<name>.png             8-bit colour PNG, channels (disparity, height, angle) in the file's R, G, B
 
 ``<name>`` is :attr:`Sample.name` (it may contain ``/`` for nested datasets). A loader given ``cache_dir``
@@ -25,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rgbd_seg_ros.frames import depth_to_metres
+from rgbd_seg_ros.frames import depth_to_metres, metres_to_millimetres_u16
 
 from .io import read_rgb, read_unchanged, require_file
 
@@ -44,8 +45,7 @@ def product_path(cache_dir: Path, product: str, name: str) -> Path:
 def encode_product(product: str, array: np.ndarray) -> bytes:
     """PNG bytes of a product: ``depth_filled`` float32 metres (NaN = none) or ``hha`` uint8 H×W×3 (D, H, A)."""
     if product == "depth_filled":
-        mm = np.nan_to_num(np.round(np.asarray(array, np.float64) * 1000.0), nan=0.0, posinf=0.0, neginf=0.0)
-        img = mm.clip(0, 65535).astype(np.uint16)
+        img = metres_to_millimetres_u16(array)
     elif product == "hha":
         hha = np.asarray(array)
         if hha.dtype != np.uint8 or hha.ndim != 3 or hha.shape[2] != 3:

@@ -52,7 +52,7 @@ class RGBDDataset(Sequence[Sample]):
     Args:
         transforms: applied to each loaded sample (after the cache products are attached).
         cache_dir: a directory written by ``training.prepare`` for this dataset; its products are attached
-            to ``frame.meta`` (see :mod:`training.datasets.cache`). None = no cache.
+            to ``frame.meta`` (see :mod:`rgbd_seg_ros.datasets.cache`). None = no cache.
     """
 
     class_names: ClassVar[tuple[str, ...]] = ()
