@@ -41,6 +41,8 @@ keeps the params file's.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
 import tempfile
@@ -149,7 +151,11 @@ def depth_range(camera: str, min_depth: str, max_depth: str) -> dict[str, float]
 
 
 def _rviz_config(template: str, outputs: str, color_topic: str) -> str:
-    """A copy of ``template`` with its default topics replaced by this launch's; returns the copy's path."""
+    """A copy of ``template`` with its default topics replaced by this launch's; returns the copy's path.
+
+    The copy lives in the temporary folder while the launch runs (RViz reads it at start) and is removed when the
+    launch process exits.
+    """
     with open(template, encoding="utf-8") as f:
         text = f.read()
     text = text.replace("Value: /rgbd_seg/", f"Value: {outputs.rstrip('/')}/")
@@ -157,7 +163,13 @@ def _rviz_config(template: str, outputs: str, color_topic: str) -> str:
     fd, path = tempfile.mkstemp(prefix="rgbd_seg_", suffix=".rviz")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    atexit.register(_remove, path)
     return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def fastdds_environment(profile: str, share: str, environ: dict[str, str]) -> dict[str, str]:

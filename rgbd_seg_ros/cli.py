@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rgbd_seg_ros.allocator import tune_allocator
+from rgbd_seg_ros.settings import DEFAULT_MIN_VALID_DEPTH
 
 #: Exit codes of every command (README "Exit codes", ``rgbd-seg --help``).
 EXIT_OK = 0
@@ -39,6 +40,16 @@ def _size(text: str) -> tuple[int, int]:
     if h < 16 or w < 16:
         raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
     return h, w
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -335,6 +346,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         depth_scale=args.depth_scale,
         samples=args.samples,
         points_stride=args.points,
+        min_valid_depth=args.min_valid_depth,
         **sync,
     )
     # Everything that can be checked cheaply fails before the model loads.
@@ -522,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--queue-size", type=_positive_int, help="synchroniser queue per input (default: the node's, 10)")
     rep.add_argument("--slop", type=_positive_float, help="synchroniser slop, s (default: the node's, 0.02)")
     rep.add_argument("--samples", type=_non_negative_int, default=6, help="sample overlays in the report (default: 6)")
+    rep.add_argument(
+        "--min-valid-depth",
+        type=_fraction,
+        default=DEFAULT_MIN_VALID_DEPTH,
+        help="valid-depth fraction below which a set counts as a depth outage, as the node's parameter "
+        f"(default: {DEFAULT_MIN_VALID_DEPTH})",
+    )
     rep.add_argument(
         "--points",
         type=_positive_int,

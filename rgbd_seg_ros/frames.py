@@ -192,10 +192,6 @@ def limit_depth_range(frame: RGBDFrame, min_m: float, max_m: float) -> RGBDFrame
     return replace(frame, depth=depth)
 
 
-#: Valid-depth fraction below which the node and replay report a depth outage (``min_valid_depth``).
-DEFAULT_MIN_VALID_DEPTH = 0.2
-
-
 def valid_depth_fraction(frame: RGBDFrame, min_m: float, max_m: float) -> float:
     """Fraction (0..1) of ``frame``'s pixels with a depth in [``min_m``, ``max_m``] metres: what the model gets as
     measured depth after :func:`limit_depth_range`, before hole filling."""

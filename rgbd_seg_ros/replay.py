@@ -61,7 +61,7 @@ from rgbd_seg_ros.bag import (
     read_synchronized,
     resolve_input_topics,
 )
-from rgbd_seg_ros.frames import DEFAULT_MIN_VALID_DEPTH, DEPTH_UNITS_WARNING, valid_depth_fraction
+from rgbd_seg_ros.frames import DEPTH_UNITS_WARNING, valid_depth_fraction
 from rgbd_seg_ros.labels import LabelSet
 from rgbd_seg_ros.metrics import ConfusionMatrix
 from rgbd_seg_ros.render import render_outputs
@@ -77,7 +77,7 @@ from rgbd_seg_ros.report import (
 from rgbd_seg_ros.ros.compressed import message_encoding
 from rgbd_seg_ros.ros.convert import COLOR_ENCODINGS, DEPTH_ENCODINGS
 from rgbd_seg_ros.ros.points import semantic_cloud
-from rgbd_seg_ros.settings import DEFAULT_DEPTH_RANGE_M, LOG
+from rgbd_seg_ros.settings import DEFAULT_DEPTH_RANGE_M, DEFAULT_MIN_VALID_DEPTH, LOG
 from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 
 __all__ = [

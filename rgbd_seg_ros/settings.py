@@ -35,6 +35,9 @@ OUTDOOR_DEPTH_RANGE_M: tuple[float, float] = (0.1, 1000.0)
 #: metadata ``depth_range_m``, so every entry point keeps the far depth the model was trained with.
 DATASET_DEPTH_RANGES_M: dict[str, tuple[float, float]] = {"cityscapes": OUTDOOR_DEPTH_RANGE_M}
 
+#: Valid-depth fraction (0..1) below which the node and replay report a depth outage (``min_valid_depth``).
+DEFAULT_MIN_VALID_DEPTH = 0.2
+
 #: Default intra-op threads. Chosen from ``python benchmarks/threads.py`` (README "Performance"); 0 would leave
 #: torch and ONNX Runtime at their own defaults (one thread per core).
 DEFAULT_NUM_THREADS = 1

@@ -172,3 +172,21 @@ def test_replay_reports_valid_depth_per_set_and_the_outages(tmp_path):
     assert depth["valid_percent"]["mean"] == pytest.approx(100 * np.mean(expected))
     assert f"{below} sets below min_valid_depth" in format_summary(result)
     assert "sets below min_valid_depth" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_replay_command_passes_min_valid_depth_to_the_report(tmp_path):
+    import json
+
+    from rgbd_seg_ros import data_path
+    from rgbd_seg_ros.bag import dataset_samples, write_dataset_bag
+    from rgbd_seg_ros.cli import main
+
+    write_dataset_bag(tmp_path / "bag", list(dataset_samples("synthetic", 2, size=(30, 40))))
+    checkpoint = str(data_path("sgnet_r18_synthetic.safetensors"))
+    common = ["replay", str(tmp_path / "bag"), "--checkpoint", checkpoint, "--backend", "torch"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--min-valid-depth", "1.0"]) == 0
+    default = json.loads((tmp_path / "a" / "report.json").read_text())["valid_depth"]
+    strict = json.loads((tmp_path / "b" / "report.json").read_text())["valid_depth"]
+    assert default["min_valid_depth_percent"] == 20.0 and strict["min_valid_depth_percent"] == 100.0
+    assert strict["frames_below"] == 2 > default["frames_below"]  # holes: no frame is 100 % valid

@@ -148,12 +148,17 @@ def test_launch_camera_presets_remap_the_node_inputs(launch_module):
         resolve("kinect2", "", "", "", "")
 
 
-def test_rviz_config_shows_overlay_mask_and_input_with_the_launch_topics(launch_module):
+def test_rviz_config_shows_overlay_mask_and_input_with_the_launch_topics(launch_module, monkeypatch):
+    at_exit = []
+    monkeypatch.setattr(launch_module.atexit, "register", lambda fn, *args: at_exit.append((fn, args)))
     path = launch_module._rviz_config(str(ROOT / "config" / "seg.rviz"), "/robot/seg", "/cam/color/image_raw")
     try:
         displays = yaml.safe_load(Path(path).read_text())["Visualization Manager"]["Displays"]
     finally:
-        os.unlink(path)
+        # The launch process removes its temporary copy when it exits.
+        ((cleanup, args),) = at_exit
+        cleanup(*args)
+    assert not Path(path).exists()
     topics = {d["Name"]: d["Topic"]["Value"] for d in displays}
     assert topics == {
         "Segmentation overlay": "/robot/seg/overlay",

@@ -16,10 +16,15 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from rgbd_seg_ros.frames import DEFAULT_MIN_VALID_DEPTH
 from rgbd_seg_ros.ros.compressed import TRANSPORTS
 from rgbd_seg_ros.ros.imu import camera_from_imu_matrix
-from rgbd_seg_ros.settings import BACKENDS, DEFAULT_DEPTH_RANGE_M, DEFAULT_NUM_THREADS, DEPTH_FILLS
+from rgbd_seg_ros.settings import (
+    BACKENDS,
+    DEFAULT_DEPTH_RANGE_M,
+    DEFAULT_MIN_VALID_DEPTH,
+    DEFAULT_NUM_THREADS,
+    DEPTH_FILLS,
+)
 
 __all__ = ["OUTPUTS", "PARAMS", "RUNTIME_PARAMS", "ParamSpec", "StartupError", "declare_parameters", "validate"]
 
