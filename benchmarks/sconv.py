@@ -6,6 +6,8 @@ thread count (``torch.set_num_threads``):
 
 * SGNet forward (eval, ``torch.inference_mode``, batch 1, 480×640) per backbone: old / new ms, speed-up,
   max relative logit difference (max |new − old| / max |old|) and the share of pixels with the same argmax;
+* the default CPU path: the same model exported to ONNX and run by ONNX Runtime (what ``backend: auto`` runs),
+  its ratio to the ideal, and the post-process (``rgbd_seg_ros.postprocess``) as a share of that forward;
 * an SGNet-R18 training step (batch 4, 240×320, train mode, cross-entropy on main + aux logits, backward,
   SGD step with momentum): old / new ms;
 * every figure as a ratio to its ideal = 2 × MACs / the FP32 GEMM rate measured with ``torch.mm`` (n×n×n,
@@ -23,6 +25,7 @@ sample between pixels as a trained model's do; BN gets random running statistics
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +33,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rgbd_seg_ros.backends import OnnxRuntimeBackend, export_model_onnx
 from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.sconv import SConv, use_sconv_implementation
 from rgbd_seg_ros.models.summary import model_row
+from rgbd_seg_ros.postprocess import labels_and_confidence
 
 PATHS = {"old": "torchvision", "new": "gather"}
 FORWARD_SIZE = (480, 640)
@@ -87,8 +92,9 @@ def interleaved_min_ms(fns: dict[str, Callable[[], object]], repeat: int) -> dic
     return {name: min(t) for name, t in times.items()}
 
 
-def forward_case(backbone: str, repeat: int, gflops: float) -> list[str]:
-    """Forward of SGNet-``backbone`` at 480×640, old vs new: table lines."""
+def forward_case(backbone: str, repeat: int, gflops: float, onnx: bool = True) -> list[str]:
+    """Forward of SGNet-``backbone`` at 480×640: eager old vs new, and the default CPU path (ONNX Runtime on the
+    exported model, as ``backend: auto`` runs it) with the share of the post-process: table lines."""
     torch.manual_seed(0)
     model = randomise(build_model("sgnet", 40, backbone=backbone)).eval()
     rgb = torch.randn(1, 3, *FORWARD_SIZE)
@@ -102,18 +108,37 @@ def forward_case(backbone: str, repeat: int, gflops: float) -> list[str]:
 
         return fn
 
-    best = interleaved_min_ms({path: run(path) for path in PATHS}, repeat)
+    fns = {path: run(path) for path in PATHS}
+    if onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_model_onnx(model, (rgb, depth), Path(tmp) / "m.onnx", {"model": "sgnet"})
+            session = OnnxRuntimeBackend(path, "cpu", num_threads=torch.get_num_threads())
+
+        def run_onnx() -> None:
+            logits["onnx"] = session(rgb, depth)
+
+        fns["onnx"] = run_onnx
+    best = interleaved_min_ms(fns, repeat)
     old, new = logits["old"], logits["new"]
     rel = ((new - old).abs().max() / old.abs().max()).item()
     same = (new.argmax(1) == old.argmax(1)).float().mean().item()
     gmacs = model_row("sgnet", backbone, FORWARD_SIZE).gmacs
     ideal = 2 * gmacs / gflops * 1e3
     label = f"SGNet-{backbone.replace('resnet', 'R')} forward {FORWARD_SIZE[0]}x{FORWARD_SIZE[1]}"
-    return [
+    lines = [
         f"{label:<34} {gmacs:>7.1f} {ideal:>9.0f} {best['old']:>9.0f} {best['old'] / ideal:>6.2f}x "
         f"{best['new']:>9.0f} {best['new'] / ideal:>6.2f}x {best['old'] / best['new']:>8.2f}x  "
         f"max rel diff {rel:.1e}, argmax equal {same:.4%}"
     ]
+    if onnx:
+        post = interleaved_min_ms({"post": lambda: labels_and_confidence(logits["onnx"][0], *FORWARD_SIZE)}, repeat)
+        rel_onnx = ((logits["onnx"] - old).abs().max() / old.abs().max()).item()
+        lines.append(
+            f"{'  default path (ONNX Runtime)':<34} {'':>7} {'':>9} {'':>9} {'':>7} {best['onnx']:>9.0f} "
+            f"{best['onnx'] / ideal:>6.2f}x {best['old'] / best['onnx']:>8.2f}x  max rel diff {rel_onnx:.1e}; "
+            f"post-process {post['post']:.1f} ms = {100 * post['post'] / best['onnx']:.1f} % of the forward"
+        )
+    return lines
 
 
 def train_case(repeat: int, gflops: float) -> list[str]:
@@ -155,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds per case (after one warm-up)")
     parser.add_argument("--train-repeat", type=int, default=2, help="timed training steps per path")
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the default path (ONNX Runtime)")
     parser.add_argument("--gemm-size", type=int, default=4096, help="n of the torch.mm n^3 rate measurement")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; old = torchvision deform_conv2d, new = gather + GEMM (sconv.py)")
@@ -166,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         head = f"{'case':<34} {'GMACs':>7} {'ideal ms':>9} {'old ms':>9} {'/ideal':>7} {'new ms':>9} {'/ideal':>7}"
         print(f"{head} {'speed-up':>9}")
         for backbone in args.backbones:
-            for line in forward_case(backbone, args.repeat, gflops):
+            for line in forward_case(backbone, args.repeat, gflops, onnx=not args.no_onnx):
                 print(line, flush=True)
         if not args.no_train:
             for line in train_case(args.train_repeat, gflops):

@@ -58,8 +58,9 @@ GATHER_COST_MACS = 64
 def sconv_implementation(device: torch.device | str) -> str:
     """The implementation S-Conv uses for tensors on ``device``: ``"gather"`` or ``"torchvision"``.
 
-    * ``"gather"`` (:func:`deform_conv2d_gather`) on the CPU, in training and inference: 2× (R18 forward)
-      to >10× (backward) faster there than torchvision's CPU kernel (``benchmarks/sconv.py``).
+    * ``"gather"`` (:func:`deform_conv2d_gather`) on the CPU, in training and inference: with it an SGNet-R18
+      forward ran 2–3× and a training step 3–5× faster than with torchvision's CPU kernel on 1–2 threads
+      (``benchmarks/sconv.py``).
     * ``"torchvision"`` (``torchvision.ops.deform_conv2d``) on every other device — on CUDA its fused kernel
       is kept because the gather path has not been measured on a GPU — and while ``torch.onnx`` exports or
       ``torch.compile``/``torch.export`` trace, so graphs keep the single operator (ONNX ``DeformConv``).
