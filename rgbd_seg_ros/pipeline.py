@@ -219,12 +219,15 @@ class Segmenter:
         provider = getattr(self.backend, "provider", None)
         return f"{name} ({provider})" if provider else name
 
-    def warmup(self, frame_size: tuple[int, int]) -> None:
-        """Run one synthetic frame of ``frame_size`` (H, W): builds the cached ONNX export and warms the backend,
-        so the first real frame is not slow."""
+    def warmup(self, frame_size: tuple[int, int] | None = None) -> None:
+        """Run one synthetic frame of ``frame_size`` (H, W; default: the model input size, when it is fixed): builds
+        the cached ONNX export and warms the backend, so that the first real frame is not slow (and latency
+        figures do not include the export). Without either size there is nothing to prepare: a no-op."""
         from rgbd_seg_ros.synthetic import SceneGenerator
 
-        self(SceneGenerator(frame_size[0], frame_size[1], seed=0).sample(0).frame)
+        size = frame_size or self.input_size
+        if size is not None:
+            self(SceneGenerator(size[0], size[1], seed=0).sample(0).frame)
 
     # -- inference --------------------------------------------------------------------------------------------
     def model_size(self, frame_size: tuple[int, int], scale: float = 1.0) -> tuple[int, int]:

@@ -130,8 +130,7 @@ def load_segmenter(params: Mapping[str, Any]) -> Any:
     options = run_options_from_params(params)
     try:
         segmenter = Segmenter.from_checkpoint(path, options)
-        if segmenter.input_size is not None:
-            segmenter.warmup(segmenter.input_size)
+        segmenter.warmup()
         return segmenter
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         text = str(exc).strip("'\"")
