@@ -42,38 +42,11 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _metres(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected metres, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 metres, got {text!r}")
-    return value
-
-
-def _bounded(cast: Callable[[str], float], low: float, inclusive: bool, what: str) -> Callable[[str], float]:
-    """An argparse ``type`` parsing ``what`` with ``cast`` and refusing values below ``low`` (and NaN / inf)."""
+def _bounded(
+    cast: Callable[[str], float], low: float, inclusive: bool, what: str, high: float | None = None
+) -> Callable[[str], float]:
+    """An argparse ``type`` parsing ``what`` with ``cast`` and refusing values below ``low`` (or above ``high``,
+    inclusive) and NaN / inf."""
 
     def parse(text: str) -> float:
         try:
@@ -82,14 +55,19 @@ def _bounded(cast: Callable[[str], float], low: float, inclusive: bool, what: st
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or not (value >= low if inclusive else value > low):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
         return value
 
     return parse
 
 
 _positive_int = _bounded(int, 1, True, "a whole number")
+_non_negative_int = _bounded(int, 0, True, "a whole number")
 _positive_float = _bounded(float, 0, False, "a number")
 _non_negative_float = _bounded(float, 0, True, "a number")
+_metres = _bounded(float, 0, True, "metres")
+_fraction = _bounded(float, 0, True, "a fraction in [0, 1]", high=1.0)
 
 
 def _input_file(path: str | Path, flag: str) -> Path:
