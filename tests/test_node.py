@@ -420,3 +420,17 @@ def test_builtin_backend_is_used_without_message_filters(ros, monkeypatch):
     monkeypatch.setitem(sys.modules, "message_filters", None)
     node = ros.start_node(DepthSegmenter())
     assert node.sync_backend == "builtin"
+
+
+def test_library_warnings_reach_the_node_log(ros):
+    """Warnings of the library (e.g. another input size than the checkpoint's) go to the node's ROS logger."""
+    import logging
+
+    node = ros.start_node(DepthSegmenter())
+    log = node._log = Recorder()
+    logging.getLogger("rgbd_seg_ros.settings").warning("running m at input size 240x320, but it was trained at 120x160")
+    logging.getLogger("rgbd_seg_ros").info("exporting m at 120x160 to ONNX")
+    logging.getLogger("elsewhere").warning("not ours")
+    assert log.count("warning", "trained at 120x160") == 1
+    assert log.count("info", "exporting m") == 1
+    assert not any("not ours" in text for _, text in log.lines)

@@ -33,6 +33,7 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -193,6 +194,21 @@ def _same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+class _RosLogHandler(logging.Handler):
+    """Forwards Python log records of the library (logger ``rgbd_seg_ros``) to a node's ROS logger."""
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(logging.INFO)
+        self.node = node
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = self.node._log
+        level = record.levelno
+        (log.error if level >= logging.ERROR else log.warning if level >= logging.WARNING else log.info)(
+            record.getMessage()
+        )
+
+
 class SegmentationNode(Node):
     """The segmentation node (see the module docstring).
 
@@ -211,6 +227,13 @@ class SegmentationNode(Node):
     ) -> None:
         super().__init__(node_name, **kwargs)
         self._log = self.get_logger()
+        # The library's own warnings (another input size than the checkpoint's, a rebuilt ONNX cache entry, ...)
+        # go to this node's ROS logger, so they reach the console and /rosout like the node's messages.
+        self._library_log = _RosLogHandler(self)
+        library = logging.getLogger("rgbd_seg_ros")
+        library.addHandler(self._library_log)
+        if library.level == logging.NOTSET:  # its info lines (e.g. "exporting ... to ONNX (once)") too
+            library.setLevel(logging.INFO)
         self._cond = threading.Condition()
         self._pending: tuple[Any, Any, Any, int] | None = None  # colour, depth, CameraInfo, arrival ns
         self._stopping = False
@@ -617,6 +640,7 @@ class SegmentationNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker thread (after the frame in progress), then destroy the node."""
         self._stop_worker()
+        logging.getLogger("rgbd_seg_ros").removeHandler(self._library_log)
         super().destroy_node()
 
     def _stop_worker(self) -> None:
