@@ -95,4 +95,4 @@ def test_atomic_write_never_exposes_a_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, b"new content")
     assert target.read_bytes() == b"old"  # the visible file is the old complete one, never a torn new one
-    assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]  # the torn data is a temporary
+    assert [p.name for p in target.parent.iterdir()] == ["x.png"]  # the torn temporary is removed

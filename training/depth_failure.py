@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from rgbd_seg_ros.datasets.base import Sample
+from rgbd_seg_ros.datasets.cache import PRODUCTS
 from rgbd_seg_ros.datasets.io import IGNORE_INDEX
 
 MODES: tuple[str, ...] = ("frame", "regions", "far", "specular", "speckle")
@@ -57,7 +58,7 @@ DARK_GREY = (20.0, 45.0)  # 8-bit grey level of the 5×5-median-filtered image
 SPECKLE_FRACTION = (0.02, 0.25)
 SPECKLE_SIGMA_PX = 1.0
 
-DERIVED_PRODUCTS: tuple[str, ...] = ("depth_filled", "hha")
+DERIVED_PRODUCTS = PRODUCTS  # cache products computed from the depth: stale once depth is removed
 
 
 def frame_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -124,10 +124,6 @@ def _barrier(ctx: DistContext) -> None:
 
 
 # -- model and optimiser -------------------------------------------------------------------------------------------
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def weight_files(cfg: Config) -> dict[str, str]:
     """The recipe's weights files by setting name (``model.pretrained``, ``model.init_from``, ``model.experts.*``)."""
     m = cfg.model

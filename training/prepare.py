@@ -42,24 +42,20 @@ from rgbd_seg_ros.datasets.base import RGBDDataset, Sample
 from rgbd_seg_ros.datasets.cache import FORMAT_VERSION, MANIFEST, encode_product, product_path
 from rgbd_seg_ros.depth.completion import FILL_METHODS, fill_depth
 from rgbd_seg_ros.depth.hha import HHAParams, compute_hha
+from rgbd_seg_ros.fileio import atomic_write_bytes
 from training.datasets import build_dataset
 
 DEFAULT_CACHE = "rgbd_seg_ros_cache"
-_TMP_SUFFIX = ".tmp"
+_TMP_SUFFIX = ".tmp"  # the suffix of fileio's temporary files
 
 # Per-worker state, set by _init_worker.
 _STATE: dict[str, Any] = {}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``data`` to ``path`` (parents created) with the package's one atomic writer (``fileio``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def compute_products(sample: Sample, fill: str, hha: bool, hha_params: dict[str, float]) -> dict[str, np.ndarray]:

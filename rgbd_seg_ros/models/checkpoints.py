@@ -86,14 +86,14 @@ def torch_load_weights_only(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():  # e.g. "invalid magic number": not a torch file
-            raise ValueError(f"{path} is not a readable torch weights file: {_first_line(exc)}") from None
+            raise ValueError(f"{path} is not a readable torch weights file: {first_line(exc)}") from None
         try:
             needs = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # legacy (non-zip) files: the names are in the unpickler's message
             needs = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
         if not needs:  # no Python object named: a plain pickle or another format, not a torch weights file
             detail = re.search(r"WeightsUnpickler error: \s*([^\n]+)", str(exc))
-            reason = detail.group(1).strip() if detail else _first_line(exc)
+            reason = detail.group(1).strip() if detail else first_line(exc)
             raise ValueError(f"{path} is not a readable torch weights file (a plain pickle?): {reason}") from None
         names = ", ".join(needs)
         raise ValueError(
@@ -205,10 +205,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint written by :func:`save_checkpoint` (tensors are not read)."""
     from safetensors import safe_open
 
+    from rgbd_seg_ros.models.convert import convert_command, tf_checkpoint_prefix  # convert imports this module
+
     path = Path(path)
     if not path.is_file():
-        from rgbd_seg_ros.models.convert import convert_command, tf_checkpoint_prefix
-
         if tf_checkpoint_prefix(path) is not None:
             raise ValueError(f"{path} is not an rgbd_seg_ros checkpoint: {convert_command(path)}")
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -216,26 +216,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types; re-raised with the file name
-        raise ValueError(f"{path} is not a safetensors file ({_first_line(exc)}); {_foreign_hint(path)}") from None
+        raise ValueError(f"{path} is not a safetensors file ({first_line(exc)}); {convert_command(path)}") from None
     if _META_KEY not in header:
-        raise ValueError(f"{path} has no rgbd_seg_ros metadata; {_foreign_hint(path)}")
+        raise ValueError(f"{path} has no rgbd_seg_ros metadata; {convert_command(path)}")
     meta = json.loads(header[_META_KEY])
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
     return meta
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _foreign_hint(path: Path) -> str:
-    """What to do with a file that is not our checkpoint: the exact ``rgbd-seg convert`` command when it is an
-    authors' release (read with ``weights_only=True`` and identified by its keys), else where plain weights go."""
-    from rgbd_seg_ros.models.convert import convert_command
-
-    return convert_command(path)
 
 
 def check_compatible(model: nn.Module, meta: dict[str, Any], path: str | Path = "checkpoint") -> None:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from rgbd_seg_ros.fileio import file_sha256
 from rgbd_seg_ros.labels import available_label_sets, get_label_set
-from rgbd_seg_ros.models.checkpoints import read_metadata, read_weights, save_checkpoint
+from rgbd_seg_ros.models.checkpoints import first_line, read_metadata, read_weights, save_checkpoint
 from rgbd_seg_ros.models.registry import build_model, list_models
 from rgbd_seg_ros.settings import OUTDOOR_DEPTH_RANGE_M
 
@@ -643,7 +643,7 @@ def convert_command(path: str | Path) -> str:
         if prefix is not None:
             return (
                 f"it is a TensorFlow checkpoint (AdapNet++/SSMA releases): convert it once with "
-                f"`rgbd-seg convert {shown} -o {shown.parent / 'converted.safetensors'}` ({_first_line(exc)})"
+                f"`rgbd-seg convert {shown} -o {shown.parent / 'converted.safetensors'}` ({first_line(exc)})"
             )
         return (
             "if it is an authors' release, convert it once with "
@@ -661,11 +661,6 @@ def convert_command(path: str | Path) -> str:
         f"it is the authors' {signature.describe()} checkpoint, not an rgbd_seg_ros one: convert it once with "
         f"`rgbd-seg convert {shown} -o {shown.parent / name}{extra}`"
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

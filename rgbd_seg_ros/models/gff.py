@@ -380,12 +380,7 @@ class GFFNet(nn.Module):
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
     """Conv (no bias, "same" padding) → BN → ReLU; keys ``0``, ``1`` (the authors' ``conv_bn_relu``)."""
-    pad = dilation * (kernel // 2)
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(*conv_norm_act(cin, cout, kernel, dilation))
 
 
 class ImagePoolASPP(nn.Module):
