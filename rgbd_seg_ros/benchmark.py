@@ -88,7 +88,13 @@ def run(
         name = "sgnet-r18"
         model = build_model("sgnet", 40, backbone="resnet18")
         segmenter = Segmenter.from_model(
-            model, "nyuv2-40", device=options.device, input_size=options.input_size, options=options
+            model,
+            "nyuv2-40",
+            device=options.device,
+            precision=options.precision,
+            input_size=options.input_size,
+            depth_fill=options.depth_fill or "fast",
+            options=options,
         )
     else:
         name = Path(checkpoint).stem[:14]

@@ -358,8 +358,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
 
     # Everything that can be checked cheaply fails before the model loads.
-    if not 0.0 <= args.overlay_alpha <= 1.0:
-        raise ValueError(f"--overlay-alpha must be in [0, 1], got {args.overlay_alpha}")
     if bool(args.rgb or args.depth) == bool(args.rgb_dir or args.depth_dir):
         raise ValueError("give either --rgb and --depth (one pair) or --rgb-dir and --depth-dir (two folders)")
     if args.rgb or args.depth:
@@ -561,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--depth-dir", metavar="DIR", help="folder of depth images, named as the colour images")
     seg.add_argument(
         "--depth-scale",
-        type=float,
+        type=_positive_float,
         metavar="M_PER_UNIT",
         help="metres per depth unit (default: integer images such as 16-bit PNG are millimetres, 0.001; float "
         "TIFF, EXR and .npy are metres, 1.0; e.g. 0.0002 for 5000 units per metre)",
@@ -577,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="output folder (labels/ color/ overlay/ confidence/)")
     seg.add_argument("--overwrite", action="store_true", help="replace output files of an earlier run")
     seg.add_argument(
-        "--overlay-alpha", type=float, default=0.5, help="weight of the colours in overlay/ (default: 0.5)"
+        "--overlay-alpha", type=_fraction, default=0.5, help="weight of the colours in overlay/ (default: 0.5)"
     )
     add_run_arguments(seg)
     seg.set_defaults(func=cmd_segment)

@@ -36,6 +36,7 @@ from rgbd_seg_ros.labels import LabelSet, get_label_set
 from rgbd_seg_ros.postprocess import labels_and_confidence
 from rgbd_seg_ros.settings import (
     DEFAULT_DEPTH_RANGE_M,
+    DEPTH_FILLS,
     RunOptions,
     apply_num_threads,
     default_cache_dir,
@@ -92,8 +93,8 @@ class Segmenter:
         metadata: dict[str, Any] | None = None,
         depth_range_m: tuple[float, float] = DEFAULT_DEPTH_RANGE_M,
     ) -> None:
-        if depth_fill not in ("fast", "colorization", "none"):
-            raise ValueError(f"depth_fill must be 'fast', 'colorization' or 'none', got {depth_fill!r}")
+        if depth_fill not in DEPTH_FILLS:
+            raise ValueError(f"depth_fill must be one of {', '.join(DEPTH_FILLS)}; got {depth_fill!r}")
         self.backend = backend
         self.input_spec = input_spec
         self.label_set = label_set
@@ -247,8 +248,10 @@ class Segmenter:
         """
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
-        frame = limit_depth_range(frame, *self.depth_range_m)
         frame = frame.resized(*(size or self.model_size((frame.height, frame.width))))
+        # After the resize: depth is resampled by nearest neighbour, so masking commutes with it and costs only
+        # model-size pixels.
+        frame = limit_depth_range(frame, *self.depth_range_m)
         t1 = time.perf_counter()
         fill = self.depth_fill if self.input_spec.depth_encoding != "none" else "none"
         rgb, second = encode_frame(frame, self.input_spec, fill=fill, timings=timings)

@@ -75,9 +75,9 @@ from rgbd_seg_ros.report import (
     write_report,
 )
 from rgbd_seg_ros.ros.compressed import message_encoding
-from rgbd_seg_ros.ros.convert import COLOR_ENCODINGS, DEPTH_ENCODINGS
+from rgbd_seg_ros.ros.convert import COLOR_ENCODINGS, DEPTH_ENCODINGS, stamp_to_ns
 from rgbd_seg_ros.ros.points import semantic_cloud
-from rgbd_seg_ros.settings import DEFAULT_DEPTH_RANGE_M, DEFAULT_MIN_VALID_DEPTH, LOG
+from rgbd_seg_ros.settings import DEFAULT_MIN_VALID_DEPTH, LOG, RunOptions, resolve_depth_range
 from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 
 __all__ = [
@@ -353,7 +353,7 @@ class _Worker:
         self.sample_every = max(1, -(-expected // max(1, options.samples)))
         self.units_warned = False  # depth that looks like another unit is reported once per replay
         self.valid_depth: list[float] = []  # per processed set: fraction with depth in the model's range
-        self.depth_range = getattr(segmenter, "depth_range_m", None) or DEFAULT_DEPTH_RANGE_M
+        self.depth_range = getattr(segmenter, "depth_range_m", None) or resolve_depth_range(RunOptions(), {})
 
     def accepts(self, synced: SyncedSet) -> bool:
         """The node's callback check: sets with an unsupported encoding are rejected, not queued."""
@@ -402,9 +402,15 @@ class _Worker:
     def _write_points(self, frame: Any, result: Any, depth_header: Any) -> None:
         """The node's ``~/points`` of a processed set (ros/points.py), with the depth image's stamp and frame."""
         cloud = semantic_cloud(
-            frame.depth, frame.intrinsics, frame.rgb, result.labels, result.confidence, int(self.options.points_stride)
+            frame.depth,
+            frame.intrinsics,
+            frame.rgb,
+            result.labels,
+            result.confidence,
+            int(self.options.points_stride),
+            depth_range=self.depth_range,  # as the node: the Segmenter's valid depth
         )
-        stamp = depth_header.stamp.sec * 1_000_000_000 + depth_header.stamp.nanosec
+        stamp = stamp_to_ns(depth_header.stamp)
         self.writer.write_points(POINTS_TOPIC, cloud, stamp, depth_header.frame_id)
 
     def add_truth(self, label: LabelMessage) -> None:

@@ -48,7 +48,7 @@ from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.backbones import pretrained_reports
 from rgbd_seg_ros.models.checkpoints import read_state_dict, save_checkpoint
 from rgbd_seg_ros.pipeline import Segmenter
-from rgbd_seg_ros.settings import DATASET_DEPTH_RANGES_M
+from rgbd_seg_ros.settings import DATASET_DEPTH_RANGES_M, DEFAULT_DEPTH_RANGE_M
 from training import data as D
 from training.config import Config
 from training.evaluation import evaluate, protocol_from_eval_config
@@ -723,9 +723,11 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         module.eval()
         backend = _InferenceBackend(module, ctx.device, cfg.train.amp)
+        depth_range = DATASET_DEPTH_RANGES_M.get(cfg.data.dataset, DEFAULT_DEPTH_RANGE_M)  # as the saved weights record
         segmenter = Segmenter(
-            backend, module.input_spec, label_set, cfg.model.name, cfg.eval.input_size, cfg.data.depth_fill
-        )
+            backend, module.input_spec, label_set, cfg.model.name, cfg.eval.input_size, cfg.data.depth_fill,
+            depth_range_m=depth_range,
+        )  # fmt: skip
         protocol = protocol_from_eval_config({**cfg.to_dict()["eval"], "flip": False}, multiscale=False)
         t0 = time.perf_counter()
         result = evaluate(segmenter, val_ds, protocol, ctx.rank, ctx.world, num_examples=cfg.train.num_val_images)
