@@ -134,7 +134,12 @@ def resolve_topics(camera: str, namespace: str, color: str, depth: str, info: st
     preset_ns, *preset = CAMERA_PRESETS[camera]
     namespace = namespace or preset_ns
     topics = [override or default for override, default in zip((color, depth, info), preset)]
-    return dict(zip(("color/image", "depth/image", "depth/camera_info"), (_join(namespace, t) for t in topics)))
+    remaps = dict(zip(("color/image", "depth/image", "depth/camera_info"), (_join(namespace, t) for t in topics)))
+    # image_transport's topics of the same images, for input_transport.color/depth: compressed (remapping a topic
+    # does not remap the topics below it).
+    remaps["color/image/compressed"] = remaps["color/image"] + "/compressed"
+    remaps["depth/image/compressedDepth"] = remaps["depth/image"] + "/compressedDepth"
+    return remaps
 
 
 def depth_range(camera: str, min_depth: str, max_depth: str) -> dict[str, float]:

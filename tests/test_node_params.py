@@ -136,6 +136,8 @@ def test_launch_camera_presets_remap_the_node_inputs(launch_module):
         "color/image": "/camera/camera/color/image_raw",
         "depth/image": "/camera/camera/aligned_depth_to_color/image_raw",
         "depth/camera_info": "/camera/camera/aligned_depth_to_color/camera_info",
+        "color/image/compressed": "/camera/camera/color/image_raw/compressed",
+        "depth/image/compressedDepth": "/camera/camera/aligned_depth_to_color/image_raw/compressedDepth",
     }
     assert resolve("azure_kinect", "/k4a", "", "", "")["depth/image"] == "/k4a/depth_to_rgb/image_raw"
     custom = resolve("generic", "/cam", "/abs/rgb", "depth", "")
@@ -143,6 +145,8 @@ def test_launch_camera_presets_remap_the_node_inputs(launch_module):
         "color/image": "/abs/rgb",
         "depth/image": "/cam/depth",
         "depth/camera_info": "/cam/depth/camera_info",
+        "color/image/compressed": "/abs/rgb/compressed",
+        "depth/image/compressedDepth": "/cam/depth/compressedDepth",
     }
     with pytest.raises(ValueError, match="kinect2"):
         resolve("kinect2", "", "", "", "")
