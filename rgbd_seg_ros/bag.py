@@ -36,7 +36,13 @@ import numpy as np
 
 from rgbd_seg_ros.frames import CameraIntrinsics, RGBDFrame, metres_to_millimetres_u16
 from rgbd_seg_ros.labels import LabelSet
-from rgbd_seg_ros.ros.compressed import COMPRESSED_IMAGE_TYPE, decode_inputs, encode_color, encode_depth
+from rgbd_seg_ros.ros.compressed import (
+    COMPRESSED_IMAGE_TYPE,
+    decode_inputs,
+    encode_color,
+    encode_depth,
+    transport_topic,
+)
 from rgbd_seg_ros.ros.convert import image_to_array, intrinsics_from_info, stamp_to_ns, to_rgbd_frame
 from rgbd_seg_ros.sync import ApproximateTimeSynchronizer
 
@@ -82,8 +88,6 @@ LABEL_TOPIC = "/camera/labels/ground_truth"
 OUTPUT_TOPICS: dict[str, str] = {name: f"/rgbd_seg/{name}" for name in ("labels", "color", "overlay", "confidence")}
 #: The node's ``~/points`` (semantic point cloud), written by replay on request.
 POINTS_TOPIC = "/rgbd_seg/points"
-#: image_transport's compressed topic of each image input (``<topic>/compressed``, ``<topic>/compressedDepth``).
-COMPRESSED_SUFFIXES = {"colour": "/compressed", "depth": "/compressedDepth"}
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -257,11 +261,12 @@ def resolve_input_topics(reader: BagReader, topics: InputTopics) -> InputTopics:
     ``…/compressedDepth``). Whether a topic is raw or compressed is then read from its message type.
     """
     chosen = {}
-    for role, field_name in (("colour", "color"), ("depth", "depth")):
+    for field_name in ("color", "depth"):
         topic = getattr(topics, field_name)
-        compressed = reader.topics.get(topic.rstrip("/") + COMPRESSED_SUFFIXES[role])
+        transported = transport_topic(topic, field_name, "compressed")
+        compressed = reader.topics.get(transported)
         if topic not in reader.topics and compressed is not None and compressed.msgtype == COMPRESSED_IMAGE_TYPE:
-            topic = topic.rstrip("/") + COMPRESSED_SUFFIXES[role]
+            topic = transported
         chosen[field_name] = topic
     return InputTopics(chosen["color"], chosen["depth"], topics.camera_info)
 
@@ -706,8 +711,8 @@ def _write_samples(
             (depth_log, "image", DEPTH_TOPIC, (depth_mm, "16UC1"), depth_stamp),
         ]
         if compressed:
-            color_topic = COLOR_TOPIC + COMPRESSED_SUFFIXES["colour"]
-            depth_topic = DEPTH_TOPIC + COMPRESSED_SUFFIXES["depth"]
+            color_topic = transport_topic(COLOR_TOPIC, "color", "compressed")
+            depth_topic = transport_topic(DEPTH_TOPIC, "depth", "compressed")
             images = [
                 (color_log, "compressed", color_topic, encode_color(frame.rgb), color_stamp),
                 (depth_log, "compressed", depth_topic, encode_depth(depth_mm), depth_stamp),
