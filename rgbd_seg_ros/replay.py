@@ -192,7 +192,7 @@ def check_output_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     if previous and not overwrite:
         raise FileExistsError(
             f"the output folder {out} holds another replay run ({', '.join(previous[:3])}"
-            f"{', ...' if len(previous) > 3 else ''}); choose a new folder, or pass --overwrite (overwrite=True) to "
+            f"{', ...' if len(previous) > 3 else ''}); choose a new folder, or pass --overwrite to "
             "replace that run's files"
         )
     return out
