@@ -1,9 +1,10 @@
 """GPU paths side by side: torch fp32 / fp16 autocast, ONNX Runtime CUDA, ONNX Runtime TensorRT fp16.
 
-For each model at its size (480×640; AdapNet++/SSMA 384×768): FPS and p95 latency of the forward pass (inputs
-already on the device for torch; host arrays for ONNX Runtime, as the pipeline feeds it), and the largest logit
-difference of each path against the same model in float32 on the CPU (random weights, seeded, BatchNorm
-calibrated so logits are O(1)). Needs a CUDA GPU; ONNX Runtime's GPU providers need ``onnxruntime-gpu`` (and
+For each model at its size (480×640; AdapNet++/SSMA 384×768): FPS and p95 latency of the forward pass as the
+runtime runs it (inputs already on the device for torch; host arrays for ONNX Runtime, as the pipeline feeds it;
+coarse logits where the model has them, :mod:`rgbd_seg_ros.models.coarse`), and the largest logit difference of
+each path, after that final upsampling, against the same model in float32 on the CPU (random weights, seeded,
+BatchNorm calibrated so logits are O(1)). Needs a CUDA GPU; ONNX Runtime's GPU providers need ``onnxruntime-gpu`` (and
 TensorRT's libraries for the TensorRT provider); a missing provider is reported, not fatal.
 
     python benchmarks/gpu.py                         # every model
@@ -24,6 +25,8 @@ import torch
 
 from rgbd_seg_ros.backends import OnnxRuntimeBackend, TorchBackend, export_model_onnx
 from rgbd_seg_ros.models import build_model
+from rgbd_seg_ros.models.coarse import final_align_corners
+from rgbd_seg_ros.postprocess import upsample
 
 CASES: list[tuple[str, dict, tuple[int, int]]] = [
     ("sgnet", {"backbone": "resnet18"}, (480, 640)),
@@ -119,7 +122,11 @@ def main() -> int:
             _calibrate(model, rgb, second)
             with torch.inference_mode():
                 reference = model.float().cpu()(rgb, second)
-            onnx_path = export_model_onnx(model, (rgb, second), Path(tmp) / f"{label}.onnx", {"model": name})
+            # As the runtime runs them: coarse logits where the model has them (compared after their upsampling).
+            onnx_path = Path(tmp) / f"{label}.onnx"
+            export_model_onnx(model, (rgb, second), onnx_path, {"model": name}, coarse=True)
+            align_corners = final_align_corners(model)
+            steps = [] if align_corners is None else [(size, align_corners)]
             runners: list[Callable[[], torch.Tensor] | str] = [
                 _torch_path(model, rgb, second, "fp32"),
                 _torch_path(model, rgb, second, "fp16"),
@@ -132,7 +139,7 @@ def main() -> int:
                     cells.append(runner[:28])
                     continue
                 fps, p95, out = _time(runner, args.iters)
-                diff = (out.float().cpu() - reference).abs().max().item()
+                diff = (upsample(out.float().cpu(), steps) - reference).abs().max().item()
                 cells.append(f"{fps:7.1f} / {p95:6.2f} / {diff:8.2e}")
             print(f"{label:<18} {size[0]:>3}x{size[1]:<4} " + " ".join(f"{c:>28}" for c in cells), flush=True)
             model.cpu()

@@ -1,7 +1,9 @@
 """Model runners behind one small interface: PyTorch (eager, optional ``torch.compile``) and ONNX Runtime.
 
 A backend takes the encoded, normalised input tensors (``rgb`` B×3×h×w, ``second`` B×C×h×w or None, float32
-on the CPU) and returns float32 logits B×K×h×w as a torch tensor (on the backend's device).
+on the CPU) and returns float32 logits as a torch tensor (on the backend's device): B×K×h×w, or, where
+``final_align_corners`` is not None, the model's coarse logits (:mod:`rgbd_seg_ros.models.coarse`) that still
+need a bilinear upsampling to h×w with that ``align_corners`` (the post-process does it).
 
 * :class:`TorchBackend`: eager torch; fp16/bf16 autocast and channels_last on CUDA.
 * :class:`OnnxRuntimeBackend`: an exported ``.onnx`` file (CPU; CUDA and TensorRT providers when installed).
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rgbd_seg_ros.fileio import atomic_path, file_sha256
+from rgbd_seg_ros.models.coarse import coarse_logits, final_align_corners
 from rgbd_seg_ros.settings import apply_num_threads
 
 LOG = logging.getLogger("rgbd_seg_ros")
@@ -32,12 +35,16 @@ LOG = logging.getLogger("rgbd_seg_ros")
 ONNX_METADATA_KEY = "rgbd_seg_ros"
 #: ONNX metadata key holding the export-cache key of a cached export.
 CACHE_KEY = "rgbd_seg_ros.cache_key"
+#: ONNX metadata key of a graph that returns coarse logits: the final upsampling's align_corners, JSON.
+FINAL_ALIGN_CORNERS_KEY = "rgbd_seg_ros.final_align_corners"
 #: Opset of every export (19: the first with ``DeformConv``).
 OPSET = 19
 
 
 class Backend(Protocol):
     device: str
+    #: None: the logits come at the input size; else coarse logits, upsampled with this align_corners.
+    final_align_corners: bool | None
 
     def __call__(self, rgb: Tensor, second: Tensor | None) -> Tensor: ...
 
@@ -86,6 +93,8 @@ class TorchBackend:
         model = model.eval().to(self.device)
         if self.cuda:
             model = model.to(memory_format=torch.channels_last)
+        self.module = model
+        self.final_align_corners = final_align_corners(model)
         self.model = torch.compile(model) if compile else model
         self.name = "torch"
 
@@ -100,7 +109,7 @@ class TorchBackend:
         autocast = torch.autocast("cuda", dtype=self.dtype) if self.cuda and self.dtype != torch.float32 else None
         if not self.cuda and self.dtype == torch.bfloat16:
             autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-        with torch.inference_mode(), autocast or nullcontext():
+        with torch.inference_mode(), autocast or nullcontext(), coarse_logits(self.module):
             logits = self.model(self.to_device(rgb), self.to_device(second))
         return logits.float()
 
@@ -179,6 +188,8 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
         self.provider = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
+        final = self.session.get_modelmeta().custom_metadata_map.get(FINAL_ALIGN_CORNERS_KEY)
+        self.final_align_corners = None if final is None else bool(json.loads(final))
         self.name = "onnxruntime"
 
     def __call__(self, rgb: Tensor, second: Tensor | None) -> Tensor:
@@ -218,11 +229,14 @@ def export_model_onnx(
     out: str | Path,
     metadata: dict[str, Any],
     extra: dict[str, str] | None = None,
+    coarse: bool = False,
 ) -> Path:
     """Export ``model(*inputs)`` (fixed shapes) to ``out`` atomically, storing ``metadata`` in the file.
 
     ``metadata`` is the checkpoint's; its ``input_size`` becomes the inputs' (h, w). ``extra`` adds more
-    string metadata entries. Read it back with :func:`read_onnx_metadata`.
+    string metadata entries. Read it back with :func:`read_onnx_metadata`. ``coarse``: the graph returns the
+    model's coarse logits where it has them (recorded under :data:`FINAL_ALIGN_CORNERS_KEY`); else logits at the
+    input size, what other consumers of the file expect.
     """
     import onnx
 
@@ -236,11 +250,14 @@ def export_model_onnx(
     with atomic_path(out) as tmp:
         exported = tmp.with_name(tmp.name + ".onnx")  # the exporter may write beside it; keep the name unique
         try:
-            export_onnx(model.eval(), args, exported, opset=OPSET, input_names=names, output_names=["logits"])
+            with coarse_logits(model) if coarse else nullcontext() as align_corners:
+                export_onnx(model.eval(), args, exported, opset=OPSET, input_names=names, output_names=["logits"])
             graph = onnx.load(str(exported))
         finally:
             exported.unlink(missing_ok=True)
         entries = {ONNX_METADATA_KEY: json.dumps({**metadata, "input_size": list(rgb.shape[-2:])}), **(extra or {})}
+        if align_corners is not None:
+            entries[FINAL_ALIGN_CORNERS_KEY] = json.dumps(align_corners)
         for key, value in entries.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
@@ -249,14 +266,15 @@ def export_model_onnx(
 
 
 def cache_key(checkpoint_sha256: str, size: tuple[int, int]) -> str:
-    """Export-cache key: checkpoint content, input size, opset and the versions of everything in the export."""
+    """Export-cache key: checkpoint content, input size, opset, the graph's form (coarse logits) and the versions of
+    everything in the export."""
     import onnx
     import onnxruntime
 
     from rgbd_seg_ros import __version__
 
-    parts = [checkpoint_sha256, f"{size[0]}x{size[1]}", f"opset{OPSET}", torch.__version__, onnx.__version__,
-             onnxruntime.__version__, __version__]  # fmt: skip
+    parts = [checkpoint_sha256, f"{size[0]}x{size[1]}", f"opset{OPSET}", "coarse", torch.__version__,
+             onnx.__version__, onnxruntime.__version__, __version__]  # fmt: skip
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
@@ -265,7 +283,8 @@ class CachedOnnxBackend:
 
     The cache entry ``<cache_dir>/<checkpoint stem>-<h>x<w>-<key>.onnx`` is keyed by the checkpoint's SHA-256,
     the input size, the opset and the library versions (:func:`cache_key`), written atomically, and checked
-    when loaded: an entry that does not load or carries another key is exported again.
+    when loaded: an entry that does not load or carries another key is exported again. The graph returns the
+    model's coarse logits where it has them (``export_model_onnx(coarse=True)``).
 
     Args:
         model: the loaded torch model (used for exporting only).
@@ -291,6 +310,7 @@ class CachedOnnxBackend:
         self.sha256 = file_sha256(self.checkpoint)
         self.num_threads = int(num_threads)
         self.device = "cpu" if device in ("cpu", "auto") and not has_tensorrt() else device
+        self.final_align_corners = final_align_corners(self.model)
         self.name = "onnxruntime"
         self._sessions: dict[tuple[int, int], OnnxRuntimeBackend] = {}
         self.exports = 0  # exports done by this backend (tests, logs)
@@ -326,7 +346,7 @@ class CachedOnnxBackend:
         if runner is None:
             LOG.info("exporting %s at %dx%d to ONNX (once; cached in %s)", self.checkpoint.name, *size, self.cache_dir)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            export_model_onnx(self.model, (rgb, second), path, self.metadata, {CACHE_KEY: key})
+            export_model_onnx(self.model, (rgb, second), path, self.metadata, {CACHE_KEY: key}, coarse=True)
             self.exports += 1
             runner = OnnxRuntimeBackend(path, self.device, self.num_threads, self.cache_dir)
         self._sessions[size] = runner

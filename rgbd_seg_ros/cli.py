@@ -438,7 +438,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     replaced = onnx.exists()
     from rgbd_seg_ros.export import export_checkpoint_onnx
 
-    path, size = export_checkpoint_onnx(checkpoint, onnx, input_size=args.input_size)
+    path, size = export_checkpoint_onnx(checkpoint, onnx, input_size=args.input_size, coarse=args.coarse_logits)
     print(f"{'replaced' if replaced else 'wrote'} {path} (input {size[0]}x{size[1]})")
     return EXIT_OK
 
@@ -599,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", required=True, help="output .onnx path")
     export.add_argument(
         "--input-size", "--size", type=_size, help="model input HxW (default: the checkpoint's training size)"
+    )
+    export.add_argument(
+        "--coarse-logits",
+        action="store_true",
+        help="end the graph before the model's final bilinear upsampling (SGNet, SA-Gate, GFF): faster in this "
+        "package's runtime, which upsamples while it takes labels; default: logits at the input size",
     )
     export.set_defaults(func=cmd_export)
     from rgbd_seg_ros.convert_cli import add_convert_parser  # rgbd-seg convert: the authors' released weights

@@ -13,9 +13,13 @@ FALLBACK_EXPORT_SIZE = (480, 640)
 
 
 def export_checkpoint_onnx(
-    checkpoint: str | Path, out: str | Path, input_size: tuple[int, int] | None = None
+    checkpoint: str | Path, out: str | Path, input_size: tuple[int, int] | None = None, coarse: bool = False
 ) -> tuple[Path, tuple[int, int]]:
     """Export ``checkpoint`` to ``out`` (atomically) at a fixed input size; returns (path, (h, w)).
+
+    The graph returns logits at the input size, or with ``coarse`` the model's logits before its final upsampling
+    where it has one (:mod:`rgbd_seg_ros.models.coarse`; recorded in the file, so this package's runtime upsamples
+    them while it takes labels).
 
     The size follows :func:`~rgbd_seg_ros.settings.resolve_input_size` (explicit, else the checkpoint's, else
     :data:`FALLBACK_EXPORT_SIZE`), rounded to the model's size divisor. The example inputs are a synthetic frame
@@ -32,4 +36,4 @@ def export_checkpoint_onnx(
     )
     h, w = segmenter.model_size(size)
     inputs = segmenter.prepare(SceneGenerator(h, w, seed=0).sample(0).frame)
-    return export_model_onnx(model, inputs, out, metadata), (h, w)
+    return export_model_onnx(model, inputs, out, metadata, coarse=coarse), (h, w)

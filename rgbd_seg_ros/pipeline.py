@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rgbd_seg_ros.backends import (
@@ -33,7 +32,7 @@ from rgbd_seg_ros.backends import (
 from rgbd_seg_ros.depth.encode import InputSpec, encode_frame
 from rgbd_seg_ros.frames import RGBDFrame, limit_depth_range
 from rgbd_seg_ros.labels import LabelSet, get_label_set
-from rgbd_seg_ros.postprocess import labels_and_confidence
+from rgbd_seg_ros.postprocess import Resize, labels_and_confidence, upsample
 from rgbd_seg_ros.settings import (
     DEFAULT_DEPTH_RANGE_M,
     DEPTH_FILLS,
@@ -55,8 +54,8 @@ class Segmentation:
 
     Attributes:
         labels: H×W uint8 (uint16 for > 255 classes) train ids of ``label_set``.
-        confidence: H×W float32 in [0, 1], the softmax probability of the chosen class (at the model's resolution,
-            interpolated to the frame's: :mod:`rgbd_seg_ros.postprocess`).
+        confidence: H×W float32 in [0, 1], the softmax probability of the chosen class (at the resolution of the
+            model's logits, interpolated to the frame's: :mod:`rgbd_seg_ros.postprocess`).
         timings: milliseconds per stage (:data:`STAGES`) and ``total``.
         class_probabilities: K×H×W float32 softmax, only when requested.
     """
@@ -264,14 +263,17 @@ class Segmenter:
         for scale in scales:
             size = self.model_size((frame.height, frame.width), scale)
             for mirrored in (False, True) if flip else (False,):
-                logits = self._forward(frame.flipped() if mirrored else frame, {}, size)
+                logits, steps = self._forward(frame.flipped() if mirrored else frame, {}, size)
+                logits = upsample(logits, [*steps, ((frame.height, frame.width), False)])
                 logits = logits.flip(-1) if mirrored else logits
-                logits = F.interpolate(logits, size=(frame.height, frame.width), mode="bilinear", align_corners=False)
                 total = logits if total is None else total + logits
         return total / (len(scales) * (2 if flip else 1))
 
-    def _forward(self, frame: RGBDFrame, timings: dict[str, float], size: tuple[int, int] | None = None) -> Tensor:
-        """Prepare ``frame`` at the model size (or ``size``) and run the backend: logits 1×K×h×w."""
+    def _forward(
+        self, frame: RGBDFrame, timings: dict[str, float], size: tuple[int, int] | None = None
+    ) -> tuple[Tensor, list[Resize]]:
+        """Prepare ``frame`` at the model size (or ``size``) and run the backend: logits 1×K×h×w and the resizes
+        that take them to the model size (none, or the model's final upsampling of coarse logits)."""
         rgb, second = self.prepare(frame, timings, size)
         t0 = time.perf_counter()
         to_device = getattr(self.backend, "to_device", None)
@@ -288,7 +290,8 @@ class Segmenter:
                 f"model returned {logits.shape[1]} classes but label set {self.label_set.name!r} has "
                 f"{self.label_set.num_classes}"
             )
-        return logits
+        align_corners = getattr(self.backend, "final_align_corners", None)
+        return logits, [] if align_corners is None else [(tuple(rgb.shape[-2:]), align_corners)]
 
     def __call__(self, frame: RGBDFrame, probabilities: bool = False) -> Segmentation:
         """Segment one frame. ``probabilities=True`` also returns the K×H×W softmax."""
@@ -296,9 +299,9 @@ class Segmenter:
             raise TypeError(f"Segmenter expects an RGBDFrame, got {type(frame).__name__}")
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        logits = self._forward(frame, timings)
+        logits, steps = self._forward(frame, timings)
         t0 = time.perf_counter()
-        result = self._postprocess(logits, frame.height, frame.width, probabilities)
+        result = self._postprocess(logits, [*steps, ((frame.height, frame.width), False)], probabilities)
         timings["postprocess"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - start) * 1e3
         result.timings = timings
@@ -314,20 +317,18 @@ class Segmenter:
                 out.append(self(frame))
                 continue
             start = time.perf_counter()
-            result = self._postprocess(self.logits(frame, scales, flip), frame.height, frame.width, False)
+            result = self._postprocess(self.logits(frame, scales, flip), [], False)
             result.timings = {"total": (time.perf_counter() - start) * 1e3}
             out.append(result)
         return out
 
-    def _postprocess(self, logits: Tensor, height: int, width: int, probabilities: bool) -> Segmentation:
-        """Labels and confidence at the frame size (:mod:`rgbd_seg_ros.postprocess`); the K×H×W softmax of the
-        upsampled logits only when ``probabilities``."""
-        labels, confidence = labels_and_confidence(logits[0], height, width)
+    def _postprocess(self, logits: Tensor, steps: list[Resize], probabilities: bool) -> Segmentation:
+        """Labels and confidence at the frame size, the last of ``steps`` (:mod:`rgbd_seg_ros.postprocess`); the
+        K×H×W softmax of the upsampled logits only when ``probabilities``."""
+        labels, confidence = labels_and_confidence(logits[0], steps)
         probs = None
         if probabilities:
-            if logits.shape[-2:] != (height, width):
-                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            probs = torch.softmax(logits[0].float(), 0).cpu().numpy()
+            probs = torch.softmax(upsample(logits, steps)[0].float(), 0).cpu().numpy()
         return Segmentation(
             labels=labels.cpu().numpy().astype(self.labels_dtype, copy=False),
             confidence=confidence.float().cpu().numpy(),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from rgbd_seg_ros.models import build_model, input_spec_for
 from rgbd_seg_ros.models.checkpoints import load_official
+from rgbd_seg_ros.models.coarse import coarse_logits
 from rgbd_seg_ros.models.gff import GFFWideResNet, ImagePoolASPP
 
 K = 19
@@ -238,6 +239,11 @@ def test_outputs_match_the_authors_forward_stage_by_stage(loaded):
         scale = theirs.abs().max()
         assert scale > 1e-3, f"stage {stage} is degenerate"
         assert (ours - theirs).abs().max() <= 2e-5 * scale, f"stage {stage} differs"
+    # The runtime's coarse logits are the authors' logits before their final upsampling.
+    with torch.no_grad(), coarse_logits(model) as align_corners:
+        coarse = model(rgb, None)
+    assert align_corners is True
+    assert (coarse - reference[-2]).abs().max() <= 2e-5 * reference[-2].abs().max()
 
 
 def test_released_aspp_rates_and_order():

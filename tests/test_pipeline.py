@@ -11,7 +11,9 @@ from rgbd_seg_ros.depth.encode import encode_frame
 from rgbd_seg_ros.frames import RGBDFrame
 from rgbd_seg_ros.models import build_model, list_models
 from rgbd_seg_ros.models.checkpoints import save_checkpoint
+from rgbd_seg_ros.models.coarse import coarse_logits
 from rgbd_seg_ros.pipeline import Segmenter
+from rgbd_seg_ros.postprocess import upsample
 from rgbd_seg_ros.synthetic import SceneGenerator
 
 H, W = 64, 96  # a multiple of 32 (ACNet) and 16 (AdapNet++/SSMA)
@@ -58,12 +60,19 @@ def test_labels_equal_argmax_of_model_on_encoded_frame(name, frame):
     model = _calibrate(build_model(name, 40, **SMALL[name]), frame)
     seg = Segmenter.from_model(model, "nyuv2-40", device="cpu", depth_fill="fast")
     result = seg(frame)
-    # By hand: the frame is already at a valid model size, so: encode → model → softmax/argmax.
+    # By hand: the frame is already at a valid model size, so: encode → model → argmax.
     rgb, second = encode_frame(frame, model.input_spec, fill="fast")
     with torch.no_grad():
         logits = model(rgb, second)[0]
+        with coarse_logits(model) as align_corners:
+            coarse = model(rgb, second)
     np.testing.assert_array_equal(result.labels, logits.argmax(0).numpy())
-    np.testing.assert_allclose(result.confidence, torch.softmax(logits, 0).max(0).values.numpy(), rtol=1e-5)
+    # Confidence: the chosen class's softmax probability at the resolution of the model's own logits (before its
+    # final upsampling, where it has one), upsampled like them.
+    steps = [] if align_corners is None else [((H, W), align_corners)]
+    probabilities = upsample(torch.softmax(coarse, 1), steps)[0]
+    expected = probabilities.gather(0, logits.argmax(0)[None])[0]
+    np.testing.assert_allclose(result.confidence, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert result.labels.dtype == np.uint8 and result.confidence.dtype == np.float32
     assert set(result.timings) >= {"resize", "fill", "encode", "transfer", "model", "postprocess", "total"}
 
@@ -119,6 +128,10 @@ def test_checkpoint_round_trip_and_onnx_parity(name, tmp_path, frame):
     assert onnx_seg.label_set.name == torch_seg.label_set.name == "nyuv2-40"
     assert onnx_seg.model_name == torch_seg.model_name == name
     assert onnx_seg.input_spec == torch_seg.input_spec
+    # `export` writes logits at the input size (what other consumers expect); the torch backend takes the coarse
+    # logits of the models that end in a bilinear upsampling (GFFNet with a ResNet ends inside its decoder).
+    assert onnx_seg.backend.final_align_corners is None
+    assert torch_seg.backend.final_align_corners is (True if name in ("sgnet", "sgnet_aspp", "sagate") else None)
     a, b = torch_seg.logits(frame), onnx_seg.logits(frame)
     scale = a.abs().max().item()
     assert scale > 1.0, "calibrated logits must be large enough for the tolerance to mean something"

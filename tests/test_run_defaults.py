@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rgbd_seg_ros import postprocess
 from rgbd_seg_ros.backends import CACHE_KEY, CachedOnnxBackend, OnnxRuntimeBackend, TorchBackend
 from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.checkpoints import save_checkpoint
 from rgbd_seg_ros.pipeline import Segmenter
-from rgbd_seg_ros.postprocess import labels_and_confidence
+from rgbd_seg_ros.postprocess import labels_and_confidence, upsample
 from rgbd_seg_ros.settings import RunOptions, resolve_backend, resolve_input_size
 from rgbd_seg_ros.synthetic import SceneGenerator
 
@@ -86,6 +87,10 @@ def test_auto_backend_exports_once_caches_and_matches_torch(checkpoint, frame, t
     assert auto.backend.exports == 1 and auto.backend_name == "onnxruntime (CPUExecutionProvider)"
     (entry,) = cache.glob("*.onnx")
     assert f"{TRAIN_SIZE[0]}x{TRAIN_SIZE[1]}" in entry.name
+    # The cached graph ends before SGNet's final upsampling: logits at 1/16, upsampled by the post-process.
+    session = auto.backend.session(*auto.prepare(frame))
+    assert session.final_align_corners is True
+    assert session(*auto.prepare(frame)).shape[-2:] == (TRAIN_SIZE[0] // 16, TRAIN_SIZE[1] // 16)
     np.testing.assert_array_equal(first.labels, torch_seg(frame).labels)
     np.testing.assert_allclose(first.confidence, torch_seg(frame).confidence, atol=1e-4)
 
@@ -108,6 +113,20 @@ def test_auto_backend_exports_once_caches_and_matches_torch(checkpoint, frame, t
     stale(frame)
     assert stale.backend.exports == 1
     assert len(list(cache.glob("*.onnx"))) == 1 and not list(cache.glob(".*tmp"))
+
+
+def test_export_writes_logits_at_the_input_size_unless_asked_for_coarse_ones(checkpoint, frame, tmp_path):
+    from rgbd_seg_ros.cli import main
+
+    full, coarse = tmp_path / "full.onnx", tmp_path / "coarse.onnx"
+    assert main(["export", str(checkpoint), "--onnx", str(full)]) == 0
+    assert main(["export", str(checkpoint), "--onnx", str(coarse), "--coarse-logits"]) == 0
+    a, b = Segmenter.from_checkpoint(full), Segmenter.from_checkpoint(coarse)
+    assert a.backend.final_align_corners is None and b.backend.final_align_corners is True
+    inputs = b.prepare(frame)
+    assert a.backend(*inputs).shape[-2:] == TRAIN_SIZE
+    assert b.backend(*inputs).shape[-2:] == (TRAIN_SIZE[0] // 16, TRAIN_SIZE[1] // 16)
+    np.testing.assert_array_equal(a(frame).labels, b(frame).labels)
 
 
 def test_cache_key_follows_checkpoint_content(checkpoint, tmp_path):
@@ -135,32 +154,77 @@ def test_num_threads_reaches_torch_and_onnxruntime(checkpoint, frame, tmp_path):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("size", [(480, 640), (240, 320), (97, 131), (120, 160), (60, 80)])
-def test_lean_postprocess_equals_upsample_then_argmax(size):
-    """Labels equal `F.interpolate` + argmax (the definition) on smooth logits with real boundaries, up- and
-    down-sampling; at the model's own size the confidence is exactly the softmax probability of the label."""
-    torch.manual_seed(1)
-    coarse = torch.randn(1, 40, 15, 20) * 4
-    logits = F.interpolate(coarse, size=(120, 160), mode="bilinear")[0] + 0.2 * torch.randn(40, 120, 160)
-    up = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
-    labels, confidence = labels_and_confidence(logits, *size)
-    assert labels.shape == size and confidence.shape == size
-    torch.testing.assert_close(labels.long(), up.argmax(0), rtol=0, atol=0)
-    probs = torch.softmax(logits, 0)
-    if size == (120, 160):
-        torch.testing.assert_close(confidence, probs.max(0).values)
-    # Everywhere: the model-resolution probability of the chosen class, interpolated like the logits
-    # (oracle: interpolate every class's probability map, then pick the label's).
-    every = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(confidence, every.gather(0, labels.long()[None])[0], rtol=1e-5, atol=1e-6)
+def _smooth_logits(k: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """K×h×w logits with real class regions and boundaries: a coarse random field, upsampled, plus noise."""
+    torch.manual_seed(seed)
+    coarse = torch.randn(1, k, max(2, size[0] // 8), max(2, size[1] // 8)) * 4
+    return F.interpolate(coarse, size=size, mode="bilinear")[0] + 0.2 * torch.randn(k, *size)
 
 
-def test_lean_postprocess_noisy_logits_take_the_dense_path():
+def _assert_definitions(labels, confidence, logits, steps):
+    """Labels: the arg-max of the logits taken through ``steps`` (a pixel may differ only where two classes tie
+    within float rounding); confidence: the logits' softmax probability of the chosen class, through ``steps``."""
+    up = upsample(logits[None], steps)[0]
+    size = steps[-1][0] if steps else tuple(logits.shape[-2:])
+    assert labels.shape == confidence.shape == size
+    differ = labels.long() != up.argmax(0)
+    assert differ.float().mean() <= 1e-4
+    if differ.any():
+        gap = up.max(0).values - up.gather(0, labels.long()[None])[0]
+        assert gap[differ].max() <= 1e-5 * up.abs().max(), "a label differs without a tie"
+    every = upsample(torch.softmax(logits, 0)[None], steps)[0]
+    torch.testing.assert_close(confidence, every.gather(0, labels.long()[None])[0], rtol=1e-5, atol=2e-6)
+
+
+CHAINS = {
+    # the pipeline's resize of full-resolution logits to the frame: up, down, odd sizes
+    "frame 480x640": [((480, 640), False)],
+    "frame 97x131": [((97, 131), False)],
+    "frame 60x80": [((60, 80), False)],
+    # coarse logits (a model's output stride 8) to the model size, the model at the frame size
+    "model": [((120, 160), True)],
+    # coarse logits → model size → another frame size (two resizes: 3×3 windows)
+    "model, frame 480x640": [((120, 160), True), ((480, 640), False)],
+    "model, frame 97x131": [((120, 160), True), ((97, 131), False)],
+    "model, frame 60x80": [((120, 160), True), ((60, 80), False)],
+}
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_lean_postprocess_follows_the_definitions(chain, monkeypatch):
+    """Upsample-then-argmax labels and the interpolated probability of the chosen class, for one and two resizes,
+    up- and down-sampling; wherever the frame is larger than the logits, from the lean path (the dense fallback's
+    threshold lifted, so that the test does not depend on it)."""
+    steps = CHAINS[chain]
+    source = (15, 20) if steps[0][1] else (120, 160)
+    logits = _smooth_logits(40, source, seed=len(chain))
+    if steps[-1][0][0] * steps[-1][0][1] > source[0] * source[1]:
+        monkeypatch.setattr(postprocess, "DENSE_FRACTION", float("inf"))
+        monkeypatch.setattr(postprocess, "_dense", lambda *a: pytest.fail("the lean path must run"))
+    _assert_definitions(*labels_and_confidence(logits, steps), logits, steps)
+
+
+def test_lean_postprocess_at_the_logits_own_size_is_argmax_and_softmax():
+    logits = _smooth_logits(40, (60, 80), seed=3)
+    labels, confidence = labels_and_confidence(logits, [((60, 80), False)])
+    torch.testing.assert_close(labels.long(), logits.argmax(0), rtol=0, atol=0)
+    torch.testing.assert_close(confidence, torch.softmax(logits, 0).max(0).values)
+    assert labels_and_confidence(logits, [])[0].equal(labels)
+
+
+@pytest.mark.parametrize("shape", [(40, 30, 40), (300, 12, 16)])
+def test_lean_postprocess_noisy_logits_and_many_classes(shape, monkeypatch):
+    """Noise (most cells mixed, most classes candidates) takes the dense path with the same definitions; more than
+    256 classes give int32 labels."""
     torch.manual_seed(2)
-    logits = torch.randn(40, 30, 40)
-    labels, _ = labels_and_confidence(logits, 120, 160)
-    up = F.interpolate(logits[None], size=(120, 160), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(labels.long(), up.argmax(0), rtol=0, atol=0)
+    logits = torch.randn(*shape)
+    steps = [((120, 160), True), ((96, 128), False)]
+    dense = []
+    monkeypatch.setattr(postprocess, "_dense", lambda *a, f=postprocess._dense: dense.append(1) or f(*a))
+    labels, confidence = labels_and_confidence(logits, steps)
+    assert dense, "noise must take the dense path"
+    assert labels.dtype == (torch.uint8 if shape[0] <= 256 else torch.int32)
+    _assert_definitions(labels, confidence, logits, steps)
 
 
 def test_depth_range_rule_explicit_then_checkpoint_then_indoor_default(tmp_path, frame):

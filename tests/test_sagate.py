@@ -12,11 +12,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rgbd_seg_ros.depth.encode import IMAGENET_MEAN, IMAGENET_STD
 from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.backbones import ResNet
 from rgbd_seg_ros.models.checkpoints import load_checkpoint, load_official, save_checkpoint
+from rgbd_seg_ros.models.coarse import coarse_logits
 from rgbd_seg_ros.models.sagate import SAGate
 
 
@@ -252,3 +254,17 @@ def test_onnx_runtime_matches_torch(trained_like):
     assert got.shape == ref.shape and scale > 1.0  # logits of a realistic magnitude, not ~0
     # 1e-4 relative to the logit range: float32 PyTorch itself is ~1e-5 of the range away from float64 here
     assert np.abs(got - ref).max() <= 1e-4 * scale
+
+
+def test_coarse_logits_are_the_output_before_its_final_upsampling(trained_like):
+    """Inside `coarse_logits` the eval forward returns the decoder's 1/4 logits; upsampled bilinearly with
+    align_corners=True (the authors') they are the normal output."""
+    torch.manual_seed(2)
+    rgb, hha = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        full = trained_like(rgb, hha)
+        with coarse_logits(trained_like) as align_corners:
+            coarse = trained_like(rgb, hha)
+    assert align_corners is True and coarse.shape == (1, 5, 16, 24)
+    upsampled = F.interpolate(coarse, size=(64, 96), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(upsampled, full, rtol=1e-5, atol=1e-5)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from rgbd_seg_ros.models import build_model, list_models
+from rgbd_seg_ros.models.coarse import coarse_logits
 from rgbd_seg_ros.models.sconv import SConv
 from rgbd_seg_ros.models.summary import count_macs, count_params, model_row, model_table
 
@@ -90,6 +92,26 @@ def test_eval_returns_logits_at_input_size_and_tolerates_invalid_depth():
     with torch.inference_mode():
         logits = model(torch.randn(1, 3, 100, 130), depth)
     assert logits.shape == (1, 9, 100, 130) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", ["sgnet", "sgnet_aspp"])
+def test_coarse_logits_are_the_output_before_its_final_upsampling(name):
+    """Inside `coarse_logits` the eval forward returns the 1/16 head logits; upsampled bilinearly with
+    align_corners=True they are the normal output. Outside it, and in training, nothing changes."""
+    torch.manual_seed(0)
+    model = build_model(name, 9, backbone="resnet18").eval()
+    rgb, depth = torch.randn(2, 3, 96, 128), torch.rand(2, 1, 96, 128) * 4
+    with torch.inference_mode():
+        full = model(rgb, depth)
+        with coarse_logits(model) as align_corners:
+            coarse = model(rgb, depth)
+        again = model(rgb, depth)
+    assert align_corners is True and coarse.shape == (2, 9, 6, 8)
+    upsampled = F.interpolate(coarse, size=(96, 128), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(upsampled, full, rtol=1e-5, atol=1e-5)
+    assert again.shape == full.shape, "the flag is restored on leaving"
+    with coarse_logits(model.train()):
+        assert model(rgb, depth)["out"].shape[-2:] == (96, 128), "training always upsamples"
 
 
 def test_bad_inputs_raise_clear_errors():

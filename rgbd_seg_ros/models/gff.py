@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from rgbd_seg_ros.depth.encode import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Normalization
 from rgbd_seg_ros.models.backbones import resnet
+from rgbd_seg_ros.models.coarse import CoarseLogits
 from rgbd_seg_ros.models.heads import FCNHead, conv_norm_act
 from rgbd_seg_ros.models.registry import register
 from rgbd_seg_ros.models.wider_resnet import WiderResNet38, load_wider_resnet_imagenet
@@ -454,7 +455,7 @@ class ReleasedGFFHead(nn.Module):
         return self.cls(torch.cat([d3, resize(reduced[2], size), d6, d9], dim=1))
 
 
-class GFFWideResNet(WiderResNet38):
+class GFFWideResNet(WiderResNet38, CoarseLogits):
     """GFF as released (DecoupleSegNets ``DeepWV3PlusGFFNet``): WideResNet-38-A2 (output stride 8), an
     image-pool-first ASPP (rates 12/24/36) on ``mod7``, ``bot_aspp`` (a bare 3×3 conv 1280 → 256) and
     :class:`ReleasedGFFHead` on ``[mod2, mod5, bot_aspp]``. RGB only; no auxiliary head.
@@ -482,7 +483,7 @@ class GFFWideResNet(WiderResNet38):
             raise ValueError(f"GFF expects rgb of shape B×3×H×W, got {shape}")
         feats = super().forward(rgb)
         aspp = self.bot_aspp(self.aspp(feats["mod7"]))
-        out = resize(self.gff_head([feats["mod2"], feats["mod5"], aspp]), rgb.shape[-2:])
+        out = self.upsample_logits(self.gff_head([feats["mod2"], feats["mod5"], aspp]), rgb.shape[-2:])
         return {"out": out, "aux": []} if self.training else out
 
     def convert_official(self, state: dict[str, Tensor]) -> dict[str, Tensor]:

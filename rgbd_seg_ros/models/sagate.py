@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from rgbd_seg_ros.depth.encode import InputSpec, Normalization
 from rgbd_seg_ros.models.backbones import ResNet, load_pretrained
+from rgbd_seg_ros.models.coarse import CoarseLogits
 from rgbd_seg_ros.models.gff import GFFDecoder
 from rgbd_seg_ros.models.heads import DeepLabV3PlusDecoder, FCNHead, PooledSumASPP
 from rgbd_seg_ros.models.registry import register
@@ -209,7 +210,7 @@ def _hha_twin(key: str) -> str:
     return ".".join(parts)
 
 
-class SAGateDeepLab(nn.Module):
+class SAGateDeepLab(nn.Module, CoarseLogits):
     """SA-Gate + DeepLabV3+: ``forward(rgb, hha)`` with both B×3×H×W (HHA normalised like RGB).
 
     Returns logits B×K×H×W in eval mode; in train mode ``{"out": logits, "aux": [aux_logits]}``, both at input
@@ -272,7 +273,7 @@ class SAGateDeepLab(nn.Module):
         if isinstance(self.head, GFFDecoder):
             out, aux = self.head(merges, out_size=size)
             return {"out": out, "aux": aux} if self.training else out
-        out = _upsample(self.head(merges[-1], merges[0]), size)
+        out = self.upsample_logits(self.head(merges[-1], merges[0]), size)
         if not self.training:
             return out
         return {"out": out, "aux": [_upsample(self.aux_head(merges[-1]), size)]}

@@ -14,7 +14,8 @@ Choices, following the authors' code (LinZhuoChen/SGNet) where it and the paper 
 * Heads: ``dsn3`` on layer3 and ``head`` on layer4: 3×3 conv (bias) → BN → leaky ReLU 0.01 (InPlace-ABN's
   default) → Dropout2d 0.1 → 1×1 conv. SGNet* replaces ``head`` by ASPP(2048→256×5→512, rates 12/24/36,
   leaky ReLU 0.01) + 1×1 conv. Backbone and spatial-projector BNs use plain ReLU. Logits come out at 1/16
-  and are upsampled bilinearly with ``align_corners=True`` (as the authors' evaluation) to the input size.
+  and are upsampled bilinearly with ``align_corners=True`` (as the authors' evaluation) to the input size;
+  the runtime takes them before that upsampling (:mod:`rgbd_seg_ros.models.coarse`).
 * Auxiliary loss weight: not given by the paper or code; 0.4 (PSPNet's value, "same as PSPNet") is a guess.
 * ResNet-18/34 variants are our extension for CPU robots: their BasicBlock's first 3×3 conv (``conv1``,
   the one that carries the stride, like the bottleneck's ``conv2``) becomes the S-Conv.
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from rgbd_seg_ros.depth.encode import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Normalization
 from rgbd_seg_ros.models.backbones import _LAYERS, BasicBlock, Bottleneck, ResNet, load_pretrained
+from rgbd_seg_ros.models.coarse import CoarseLogits
 from rgbd_seg_ros.models.heads import ASPP, FCNHead, leaky_relu
 from rgbd_seg_ros.models.registry import register
 from rgbd_seg_ros.models.sconv import GUIDE_CHANNELS, SConv
@@ -99,7 +101,7 @@ def sgnet_stages(output_stride: int) -> tuple[tuple[int, int], ...]:
     raise ValueError(f"SGNet supports output_stride 16 or 8, got {output_stride}")
 
 
-class SGNet(ResNet):
+class SGNet(ResNet, CoarseLogits):
     """SGNet / SGNet* on a dilated ResNet (keys as the authors' model: ``conv1``…``layer4``, ``dsn3``, ``head``).
 
     Args:
@@ -190,7 +192,7 @@ class SGNet(ResNet):
         guide = torch.nan_to_num(depth_input, nan=0.0, posinf=0.0, neginf=0.0)
         *_, c3, c4 = self.features(rgb, guide)
         size = (rgb.shape[-2], rgb.shape[-1])
-        out = F.interpolate(self.head(c4), size=size, mode="bilinear", align_corners=True)
+        out = self.upsample_logits(self.head(c4), size)
         if not self.training:
             return out
         aux = F.interpolate(self.dsn3(c3), size=size, mode="bilinear", align_corners=True)
