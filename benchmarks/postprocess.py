@@ -8,7 +8,9 @@ In one process, on the bundled checkpoint and 480×640 synthetic frames, per thr
   ``rgbd_seg_ros.postprocess.labels_and_confidence`` (that upsampling folded into the post-process);
 
 with the ONNX Runtime forward of each graph, the post-process as a share of the forward it follows, the whole
-(forward + post-process), and the pixels whose labels differ between before and after. ``--rooms N`` also
+(forward + post-process), the pixels whose labels differ between before and after, and how far the confidence
+moved (its definition changed: softmax at the input size before, at the model's 1/16 logits, interpolated, after;
+mean and largest absolute difference). ``--rooms N`` also
 scores both label images against the ground truth of N synthetic rooms (mIoU, %). Figures are minima over
 ``--rounds`` interleaved rounds.
 
@@ -68,7 +70,7 @@ def main() -> None:
     print(f"{Path(args.checkpoint).name}, frame {FRAME[0]}x{FRAME[1]}, load average {os.getloadavg()[0]:.2f}; "
           "ms, minimum over rounds; post/fwd = post-process / the forward it follows")  # fmt: skip
     print(f"{'threads':>7} {'input':>7} | {'fwd':>6} {'post':>6} {'post/fwd':>8} {'total':>6} | {'fwd':>6} "
-          f"{'post':>6} {'post/fwd':>8} {'total':>6} | {'labels differ':>13}")  # fmt: skip
+          f"{'post':>6} {'post/fwd':>8} {'total':>6} | {'labels differ':>19} | {'confidence |Δ|':>14}")  # fmt: skip
     print(f"{'':>15} | {'before (full graph, dense)':^31} | {'after (coarse graph, lean)':^31} |")
     with tempfile.TemporaryDirectory() as tmp:
         for size in (FRAME, None):
@@ -94,21 +96,22 @@ def main() -> None:
                     },
                     args.rounds,
                 )
-                before = [dense(x, *FRAME)[0] for x in full_logits]
-                after = [labels_and_confidence(x, steps)[0].long() for x in coarse_logits]
-                differ = sum(int((a != b).sum()) for a, b in zip(before, after))
+                before, before_confidence = zip(*(dense(x, *FRAME) for x in full_logits))
+                after, after_confidence = zip(*(labels_and_confidence(x, steps) for x in coarse_logits))
+                differ = sum(int((a != b.long()).sum()) for a, b in zip(before, after))
+                moved = torch.stack(before_confidence) - torch.stack(after_confidence)
                 cells = []
                 for key in ("before", "after"):
                     fwd, post = t[f"fwd {key}"], t[f"post {key}"]
                     cells.append(f"{fwd:6.1f} {post:6.1f} {100 * post / fwd:7.1f}% {fwd + post:6.1f}")
                 pixels = len(before) * FRAME[0] * FRAME[1]
                 print(f"{n:>7} {'x'.join(map(str, model_size)):>7} | {cells[0]} | {cells[1]} | "
-                      f"{differ:>5} of {pixels}")  # fmt: skip
+                      f"{differ:>5} of {pixels:>10} | {moved.abs().mean():.3f} / {moved.abs().max():.2f}")  # fmt: skip
                 if args.rooms and n == args.threads[0]:
                     for key, labels in (("before", before), ("after", after)):
                         matrix = ConfusionMatrix(seg.label_set.num_classes)
                         for scene, predicted in zip(scenes, labels):
-                            matrix.update(predicted.numpy(), seg.label_set.to_train_ids(scene.labels))
+                            matrix.update(predicted.long().numpy(), seg.label_set.to_train_ids(scene.labels))
                         print(f"{'':>15}   mIoU {key} {matrix.as_dict()['miou']:.4f} % on {len(scenes)} rooms")
 
 

@@ -106,7 +106,8 @@ class _AxisPlan:
 
 
 @lru_cache(maxsize=64)
-def _axis_plan(n_in: int, steps: tuple[tuple[int, bool], ...]) -> _AxisPlan:
+def _axis_plan(n_in: int, steps: tuple[tuple[int, bool], ...], device: torch.device) -> _AxisPlan:
+    """The plan of one axis, built once per (size, resizes, device): frames of a stream reuse it."""
     matrix = torch.eye(n_in, dtype=torch.float64)
     for n_out, align_corners in steps:
         if n_out != matrix.shape[0]:
@@ -122,7 +123,9 @@ def _axis_plan(n_in: int, steps: tuple[tuple[int, bool], ...]) -> _AxisPlan:
     )
     taps = starts[:, None] + torch.arange(window)[None]
     weights = matrix[members[:, :, None], taps[:, None, :]]
-    return _AxisPlan(matrix.float(), window, starts, group, members, weights.float())
+    plan = (matrix.float(), starts, group, members, weights.float())
+    matrix, starts, group, members, weights = (v.to(device) for v in plan)
+    return _AxisPlan(matrix, window, starts, group, members, weights)
 
 
 def labels_and_confidence(logits: Tensor, steps: Sequence[Resize]) -> tuple[Tensor, Tensor]:
@@ -132,8 +135,7 @@ def labels_and_confidence(logits: Tensor, steps: Sequence[Resize]) -> tuple[Tens
     """
     logits = logits.float()
     k, h, w = logits.shape
-    plans = [_axis_plan(n, tuple((size[axis], ac) for size, ac in steps)) for axis, n in ((0, h), (1, w))]
-    py, px = [_on(p, logits.device) for p in plans]
+    py, px = (_axis_plan(n, tuple((s[axis], ac) for s, ac in steps), logits.device) for axis, n in ((0, h), (1, w)))
     if py.matrix.shape[0] == h and px.matrix.shape[0] == w and py.window == px.window == 1:
         return softmax_confidence(logits)
     if py.matrix.shape[0] * px.matrix.shape[0] <= h * w:  # no larger than the logits: dense is cheaper
@@ -178,12 +180,6 @@ def labels_and_confidence(logits: Tensor, steps: Sequence[Resize]) -> tuple[Tens
     probabilities = windows(torch.softmax(logits, 0))
     confidence[rows, cols] = through_steps(probabilities).gather(0, best[None])[0]
     return labels, confidence
-
-
-def _on(plan: _AxisPlan, device: torch.device) -> _AxisPlan:
-    if device.type == "cpu":
-        return plan
-    return _AxisPlan(*(v.to(device) if isinstance(v, Tensor) else v for v in vars(plan).values()))
 
 
 def _dense(logits: Tensor, steps: Sequence[Resize]) -> tuple[Tensor, Tensor]:
