@@ -24,7 +24,7 @@ from test_sagate import _to_authors_layout as sagate_authors_layout
 from rgbd_seg_ros.models import build_model
 from rgbd_seg_ros.models.backbones import ResNet, identify_resnet_layout, pretrained_reports
 from rgbd_seg_ros.models.checkpoints import load_checkpoint, load_official, read_metadata
-from rgbd_seg_ros.models.convert import RELEASES, DetectionError, convert, detect
+from rgbd_seg_ros.models.convert import RELEASES, DetectionError, convert, convert_command, detect
 from rgbd_seg_ros.settings import stored_input_size
 
 
@@ -279,6 +279,9 @@ def test_plain_weights_get_the_generic_hint(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="no rgbd_seg_ros metadata; if it is an authors' release, convert it once"):
         load_checkpoint(tmp_path / "plain.safetensors")
+    # A .safetensors input: the suggested output is another file, never the input itself.
+    assert f"-o {tmp_path / 'plain_converted.safetensors'}`" in convert_command(tmp_path / "plain.safetensors")
+    assert f"-o {tmp_path / 'release.safetensors'}`" in convert_command(tmp_path / "release.pth")
 
 
 # -- ImageNet initialisations (model.pretrained=) -----------------------------------------------------------------

@@ -636,6 +636,8 @@ def convert_command(path: str | Path) -> str:
     path = Path(path)
     prefix = tf_checkpoint_prefix(path)
     shown = prefix or path
+    out = path.with_suffix(".safetensors")
+    out = out.with_stem(f"{out.stem}_converted") if out == path else out  # never suggest writing onto the input
     try:
         source = read_source(path)
         signature = detect(source.shapes)
@@ -647,9 +649,9 @@ def convert_command(path: str | Path) -> str:
             )
         return (
             "if it is an authors' release, convert it once with "
-            f"`rgbd-seg convert {path} -o {path.with_suffix('.safetensors')}` (README, Model zoo)"
+            f"`rgbd-seg convert {path} -o {out}` (README, Model zoo)"
         )
-    extra, name = "", path.with_suffix(".safetensors").name
+    extra, name = "", out.name
     try:
         chosen = choose_release(signature)
         if chosen is not None:
