@@ -117,9 +117,9 @@ def test_ddp_two_gloo_processes_equal_one_process_and_accumulation(rooms, tmp_pa
     cfg = load_config(RECIPE, [*common, f"out_dir={accum}", "accum_steps=2"])
     Trainer(cfg).run()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    run = subprocess.run(
-        launcher + train_cmd(*common, f"out_dir={two}")[1:], env=child_env(), capture_output=True, timeout=600
-    )
+    # TMPDIR: torchrun's own scratch folder (/tmp/torchelastic_*) goes with tmp_path instead of staying behind.
+    env = {**child_env(), "TMPDIR": str(tmp_path)}
+    run = subprocess.run(launcher + train_cmd(*common, f"out_dir={two}")[1:], env=env, capture_output=True, timeout=600)
     assert run.returncode == 0, run.stderr.decode()[-3000:]
     ref = load_file(one / "model.safetensors")
     for other in (two, accum):
