@@ -11,6 +11,7 @@ import ast
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,6 +157,17 @@ def test_bad_input_fails_cleanly_and_touches_nothing(inputs, case, command, culp
     assert snapshot(inputs["dir"]) == before  # byte-identical, and nothing new beside them
     assert sorted(inputs["work"].iterdir()) == work_before  # nothing half-written
     assert not inputs["sentinel"].exists(), "unpickling ran code from the checkpoint"
+
+
+def test_the_pickled_code_file_does_run_code_when_unpickled(tmp_path):
+    """Positive control for the cases above: unpickling the same kind of file naively does run its command, so the
+    sentinel's absence there shows the loaders refused it (rather than the payload never working)."""
+    sentinel = tmp_path / "ran"
+    pickled = tmp_path / "code.pth"
+    pickled.write_bytes(pickle.dumps({"state_dict": _RunsCode(sentinel)}))
+    loader = f"import pickle; pickle.loads(open({str(pickled)!r}, 'rb').read())"
+    subprocess.run([sys.executable, "-c", loader], check=True, timeout=60)
+    assert sentinel.exists()
 
 
 def test_a_replay_that_rejects_every_set_exits_3_and_says_why(inputs):
