@@ -22,6 +22,7 @@ from training import transforms as T
 from training.config import AugmentConfig, Config
 from training.datasets import RGBDDataset, Sample, build_dataset
 from training.depth_failure import DepthFailure
+from training.entry import worker_ignores_ctrl_c
 
 
 def build_transforms(aug: AugmentConfig) -> T.Compose:
@@ -155,12 +156,13 @@ def epochs_to_steps(epochs: float, n: int, global_batch: int) -> int:
     return math.ceil(epochs * steps_per_epoch(n, global_batch))
 
 
-def worker_init(_worker_id: int) -> None:
-    """One thread per DataLoader worker (the workers run in parallel already)."""
+def worker_init(worker_id: int) -> None:
+    """One thread per DataLoader worker (the workers run in parallel already); Ctrl-C is the main process's."""
     import cv2
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    worker_ignores_ctrl_c(worker_id)
 
 
 __all__ = [

@@ -9,7 +9,8 @@ Run folder ``out_dir``:
   ``class_weights.json``: median-frequency weights when the recipe asks for them;
 * ``checkpoints/last.pt``: written every ``checkpoint_every`` steps and at the end (temporary file, fsync,
   rename): model, optimiser, scheduler position, GradScaler, every rank's RNG states and the step. The data
-  position *is* the step (see :mod:`training.data`), so ``--resume`` continues bit-exactly on the CPU;
+  position *is* the step (see :mod:`training.data`), so ``--resume`` continues bit-exactly on the CPU. Ctrl-C or
+  SIGTERM also writes it, after the current step, and ends the run with :class:`~training.entry.Interrupted`;
 * ``model.safetensors``: the final weights with their metadata (``load_checkpoint`` / ``Segmenter``).
 
 A folder that already holds a run is never overwritten silently: the trainer continues it (``resume``), replaces
@@ -51,6 +52,7 @@ from rgbd_seg_ros.pipeline import Segmenter
 from rgbd_seg_ros.settings import DATASET_DEPTH_RANGES_M, DEFAULT_DEPTH_RANGE_M
 from training import data as D
 from training.config import Config
+from training.entry import Interrupted, RunError, stop_requests
 from training.evaluation import evaluate, protocol_from_eval_config
 from training.losses import SegmentationLoss, flatten_outputs, median_frequency_weights
 
@@ -64,11 +66,6 @@ RESEED_PRIME = 7919
 #: is a cache and stays). Evaluation folders (``eval``, ``eval_*`` with a ``metrics.json``) of the replaced
 #: weights go too.
 RUN_OUTPUTS = ("config.yaml", "log.jsonl", "class_weights.json", "model.safetensors", "checkpoints", "tb")
-
-
-class RunError(Exception):
-    """An expected failure of a run's inputs or outputs (bad weights file, existing run, unwritable folder, a
-    dataset that does not fit the recipe): the message is the one line shown to the user."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -572,12 +569,15 @@ class Trainer:
             progress = tqdm(total=state.max_iters, initial=state.start, desc="train", unit="it", dynamic_ncols=True)
         batches = iter(loader)
         try:
-            for step in range(state.start, state.max_iters):
-                record = self._step(state, step, [next(batches) for _ in range(t_cfg.accum_steps)])
-                if progress is not None:
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
-                    progress.update(1)
-                self._after_step(state, step + 1, record)
+            with stop_requests(announce=ctx.main) as stop_requested:
+                for step in range(state.start, state.max_iters):
+                    record = self._step(state, step, [next(batches) for _ in range(t_cfg.accum_steps)])
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+                        progress.update(1)
+                    self._after_step(state, step + 1, record)
+                    if step + 1 < state.max_iters and _all_sum([float(stop_requested())], ctx)[0] > 0:
+                        self._stop(state, step + 1)
         finally:
             if progress is not None:
                 progress.close()
@@ -599,6 +599,17 @@ class Trainer:
         if state.val_ds is not None and t_cfg.val_every and done % t_cfg.val_every == 0:
             state.val_miou = self.validate(state.module, state.val_ds, state.label_set, done, state.start)
             self._set_train_mode(state.model)
+
+    def _stop(self, state: TrainState, done: int) -> None:
+        """Ctrl-C or SIGTERM on any rank (every rank stops at the same step): save the checkpoint after step
+        ``done`` and raise :class:`Interrupted`."""
+        self._save_state(self.ckpt_path, state, done)
+        if self.writer:
+            self.writer.close()
+        raise Interrupted(
+            f"stopped after step {done} of {state.max_iters}; {self.ckpt_path} holds it: continue with "
+            f"python training/train.py --resume out_dir={self.out_dir}"
+        )
 
     def _finish(self, state: TrainState) -> Path:
         """The final checkpoint, validation and ``model.safetensors``."""

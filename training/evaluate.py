@@ -13,7 +13,8 @@ a line ``mIoU: <percent>``; writes ``metrics.json`` (every ratio in percent, and
 ``confusion.png`` to ``--out``, replacing exactly those two files (atomically) when the folder already has them.
 
 Exit codes: 0 evaluated; 2 bad command line or input (unreadable checkpoint or dataset, unwritable ``--out``;
-one line ``evaluate.py: error: …`` names it, checked before evaluating); 1 an unexpected error (a bug).
+one line ``evaluate.py: error: …`` names it, checked before evaluating); 130 interrupted (Ctrl-C, one line); 1 an
+unexpected error (a bug).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -32,6 +32,7 @@ import numpy as np
 
 from rgbd_seg_ros.allocator import tune_allocator
 from rgbd_seg_ros.settings import BACKENDS, DEFAULT_NUM_THREADS
+from training.entry import RunError, guarded
 
 # Per-model test protocols of the papers/authors' code, used when a checkpoint carries no recipe ``eval``.
 PAPER_PROTOCOLS: dict[str, dict] = {
@@ -45,10 +46,6 @@ PAPER_PROTOCOLS: dict[str, dict] = {
     "gff": {"input_size": None, "scales": [0.75, 1.0, 1.25, 1.5, 1.75], "flip": True,
             "sliding": {"crop": [864, 864], "stride": [576, 576]}},
 }  # fmt: skip
-
-
-EXIT_USAGE = 2  # bad command line or input
-EXIT_BUG = 1  # an unexpected exception
 
 
 def _pair(text: str) -> list[int]:
@@ -135,7 +132,6 @@ def eval_defaults(metadata: dict) -> dict:
 
 
 def build_protocol(args: argparse.Namespace, defaults: dict):
-    from training.engine import RunError
     from training.evaluation import Protocol
 
     scales = args.scales or (defaults.get("scales") or [1.0] if args.multiscale else [1.0])
@@ -192,8 +188,6 @@ def read_checkpoint_metadata(ckpt: Path) -> dict:
     """The metadata of a ``.safetensors`` checkpoint or an exported ``.onnx`` (:class:`RunError` if unreadable)."""
     from safetensors import SafetensorError
 
-    from training.engine import RunError
-
     try:
         if ckpt.suffix == ".onnx":
             from rgbd_seg_ros.backends import read_onnx_metadata
@@ -221,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rgbd_seg_ros.datasets import build_dataset
     from rgbd_seg_ros.pipeline import Segmenter
-    from training.engine import RunError, check_writable, init_distributed
+    from training.engine import check_writable, init_distributed
     from training.evaluation import evaluate
 
     try:
@@ -289,18 +283,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()
-    from training.engine import RunError
-
-    try:
-        return run(args)
-    except RunError as exc:
-        print(f"evaluate.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception:
-        traceback.print_exc()
-        print("evaluate.py: unexpected error: this is a bug, please report it with the traceback above",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_BUG
+    return guarded("evaluate.py", lambda: run(args), (RunError,))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import Tensor
 from rgbd_seg_ros.frames import RGBDFrame
 from rgbd_seg_ros.metrics import ConfusionMatrix
 from rgbd_seg_ros.pipeline import Segmenter
+from training.entry import worker_ignores_ctrl_c
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def evaluate(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
+        worker_init_fn=worker_ignores_ctrl_c if num_workers else None,
         generator=torch.Generator(),  # do not draw from the global RNG (training continues after validation)
     )
     if progress:

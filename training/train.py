@@ -12,15 +12,18 @@ continues from ``<out_dir>/checkpoints/last.pt``; without ``--config`` it reuses
 (then ``out_dir=`` must be among the overrides). An ``out_dir`` that already holds a run is refused unless
 ``--resume`` continues it or ``--force`` replaces it (exactly the run's files; other files stay).
 
+Ctrl-C or SIGTERM stops after the current step and writes ``checkpoints/last.pt``; the line it prints gives the
+command that continues the run. A second Ctrl-C (a second later or more) stops at once.
+
 Exit codes: 0 trained; 2 bad command line, recipe or input (one line ``train.py: error: …`` names it; nothing
-was written); 1 an unexpected error (a bug: the traceback is printed, please report it).
+was written); 130 interrupted (one line ``train.py: interrupted: …``); 1 an unexpected error (a bug: the
+traceback is printed, please report it).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -28,9 +31,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from rgbd_seg_ros.allocator import tune_allocator
 from training.config import ConfigError, apply_overrides, config_from_dict, load_config, read_recipe
+from training.entry import RunError, guarded
 
-EXIT_USAGE = 2  # bad command line, recipe or input
-EXIT_BUG = 1  # an unexpected exception
+#: The line after "interrupted" when a second Ctrl-C ends the run at once.
+INTERRUPTED_AT_ONCE = (
+    "stopped at once; --resume continues from the run's last checkpoint (<out_dir>/checkpoints/last.pt), "
+    "if one was written"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,33 +64,21 @@ def resolve_config(args: argparse.Namespace):
     return config_from_dict(apply_overrides(read_recipe(Path(out[-1]) / "config.yaml"), args.overrides))
 
 
-def fail(message: object) -> int:
-    """Print ``message`` as the one error line and return the usage exit code."""
-    print(f"train.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()
-    try:
-        cfg = resolve_config(args)
-    except ConfigError as exc:
-        return fail(exc)
-    if args.print_config:
-        print(cfg.to_yaml())
-        return 0
-    from training.engine import RunError, Trainer
 
-    try:
+    def body() -> int:
+        cfg = resolve_config(args)
+        if args.print_config:
+            print(cfg.to_yaml())
+            return 0
+        from training.engine import Trainer
+
         Trainer(cfg, resume=args.resume, force=args.force).run()
-    except RunError as exc:
-        return fail(exc)
-    except Exception:
-        traceback.print_exc()
-        print("train.py: unexpected error: this is a bug, please report it with the traceback above", file=sys.stderr)
-        return EXIT_BUG
-    return 0
+        return 0
+
+    return guarded("train.py", body, (ConfigError, RunError), interrupted=INTERRUPTED_AT_ONCE)
 
 
 if __name__ == "__main__":
