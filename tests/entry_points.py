@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ def rgbd_seg(*args: str) -> list[str]:
 def script(path: str, *args: str) -> list[str]:
     """A repository script such as ``training/train.py``."""
     return [sys.executable, str(ROOT / path), *args]
+
+
+def _ctrl_c_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_as_from_a_terminal(cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` as a shell in a terminal does: its own process group, Ctrl-C not ignored (even where this test
+    process ignores it, as a background job does). ``os.killpg(proc.pid, SIGINT)`` is then a Ctrl-C."""
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_ctrl_c_default, **kwargs)
 
 
 @dataclass

@@ -1,16 +1,29 @@
 """``training/train.py`` and ``training/evaluate.py`` run as a user runs them, against a table of bad inputs: each
 fails before any training or evaluation with exit code 2, one error line naming the culprit, no traceback, and
-every file that existed before byte-identical. Also: ``--force`` replaces exactly a run's files, and what a run
-writes gets ordinary permissions. (``rgbd-seg make-bag`` on real datasets: ``test_entry_points_cli.py``.)"""
+every file that existed before byte-identical. Also: ``--force`` replaces exactly a run's files, what a run
+writes gets ordinary permissions, and Ctrl-C ends an evaluation in one line. (``rgbd-seg make-bag`` on real
+datasets: ``test_entry_points_cli.py``.)"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from entry_points import EXIT_USAGE, ROOT, assert_clean_failure, run, script, snapshot
+from entry_points import (
+    EXIT_USAGE,
+    ROOT,
+    assert_clean_failure,
+    child_env,
+    run,
+    script,
+    snapshot,
+    start_as_from_a_terminal,
+)
 
 RECIPE = str(ROOT / "training" / "configs" / "synthetic_sgnet_r18.yaml")
 
@@ -174,3 +187,25 @@ def test_written_files_get_ordinary_permissions(work):
     for path in (work["existing"] / "model.safetensors", work["existing"] / "checkpoints" / "last.pt",
                  work["existing"] / "config.yaml"):  # fmt: skip
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_ctrl_c_ends_an_evaluation_in_one_line_and_writes_nothing(work, tmp_path):
+    from rgbd_seg_ros.synthetic import write_dataset
+
+    rooms = write_dataset(tmp_path / "rooms", n_train=1, n_test=60, size=(48, 64), seed=2)
+    out = tmp_path / "eval"
+    cmd = script("training/evaluate.py", "--checkpoint", str(work["existing"] / "model.safetensors"), "--dataset",
+                 "synthetic", "--root", str(rooms), "--backend", "torch", "--input-size", "480,640", "--num-workers",
+                 "1", "--out", str(out))  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        # A terminal's Ctrl-C: SIGINT to the process group, the evaluation and its DataLoader worker alike.
+        proc = start_as_from_a_terminal(cmd, child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 300
+        while "evaluate:" not in (tmp_path / "stderr.txt").read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the progress bar: the frames are running (60 at 480x640: seconds at least)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=300)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "evaluate.py: interrupted: stopped"
+    assert not (out / "metrics.json").exists()

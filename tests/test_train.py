@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from entry_points import start_as_from_a_terminal
 from safetensors.torch import load_file
 
+from training import entry
 from training.config import load_config
-from training.engine import Trainer
+from training.engine import Trainer, resume_command
 from training.entry import stop_requests
-from training.train import INTERRUPTED_AT_ONCE
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "configs" / "synthetic_sgnet_r18.yaml"
@@ -118,73 +121,66 @@ def _wait_for_steps(proc: subprocess.Popen, log: Path, steps: int) -> None:
 
 
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_hint_resumes_bit_exactly(rooms, tmp_path):
-    n = 40
+    n = 100
     common = tiny(rooms, tmp_path, f"max_iters={n}", "data.num_workers=1")
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    full, stopped = tmp_path / "full", tmp_path / "stopped dir"  # a space: the hint must quote it
     Trainer(load_config(RECIPE, [*common, f"out_dir={full}"])).run()
 
     # A terminal's Ctrl-C: SIGINT to the whole process group, the trainer and its DataLoader worker alike.
     cmd = train_cmd(*common, f"out_dir={stopped}")
-    proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    proc = start_as_from_a_terminal(cmd, child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_steps(proc, stopped / "log.jsonl", 2)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     err = err.decode()
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "SIGINT: stopping after this step" in err
     step = torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert 2 <= step < n, "the signal came after the run had ended"
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"train.py: interrupted: stopped after step {step} of {n}; "), line
     assert len(losses(stopped)) == step and not (stopped / "model.safetensors").exists()
 
-    python, script, *rest = line.split("continue with ")[1].split()  # the command the line gives, as printed
-    assert (python, script) == ("python", "training/train.py")
-    subprocess.run([sys.executable, script, *rest], cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    python, script, *rest = shlex.split(line.split("continue with ")[1])  # the command the line gives
+    assert python == "python" and Path(script).name == "train.py"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([sys.executable, script, *rest], cwd=elsewhere, env=child_env(), check=True, capture_output=True)
     a, b = load_file(full / "model.safetensors"), load_file(stopped / "model.safetensors")
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
     assert losses(stopped) == losses(full) and len(losses(full)) == n
 
 
-def test_stop_requests_first_signal_asks_a_quick_repeat_is_the_same_a_later_one_acts_at_once():
-    before = signal.getsignal(signal.SIGINT)
-    with stop_requests(announce=False, repeat_window_s=0.3) as requested:
+def test_stop_requests_first_signal_asks_a_quick_repeat_is_the_same_a_later_one_acts_at_once(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(entry, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever pytest has
+    with stop_requests(announce=False, repeat_window_s=1.0) as requested:
         assert not requested()
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # the handler runs in the main thread at its next instruction
+        signal.raise_signal(signal.SIGINT)  # its Python handler runs before the next line
         assert requested()
-        os.kill(os.getpid(), signal.SIGINT)  # within the window: what torchrun's forwarding looks like
-        time.sleep(0.05)
-        time.sleep(0.3)
+        now[0] += 0.9
+        signal.raise_signal(signal.SIGINT)  # within the window: what torchrun's forwarding looks like
+        assert requested()
+        now[0] += 0.2
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-    assert signal.getsignal(signal.SIGINT) is before
+            signal.raise_signal(signal.SIGINT)
+    restored = signal.signal(signal.SIGINT, before)
+    assert restored is signal.default_int_handler
 
 
-def test_a_second_ctrl_c_ends_the_run_at_once_in_one_line(tmp_path):
-    from rgbd_seg_ros.synthetic import write_dataset
-
-    rooms = write_dataset(tmp_path / "rooms", n_train=8, n_test=1, size=(240, 320), seed=0)
-    slow_steps = tiny(rooms, tmp_path, "max_iters=100000", "augment.crop=[240,320]", "batch_size=8")  # seconds each
-    with open(tmp_path / "stderr.txt", "w+") as stderr:
-        proc = subprocess.Popen(train_cmd(*slow_steps), env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
-        _wait_for_steps(proc, tmp_path / "log.jsonl", 1)
-        time.sleep(0.3)  # into the second step
-        proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 60
-        while "stopping after this step" not in (tmp_path / "stderr.txt").read_text() and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(1.2)  # past the repeat window (1 s), still within the step
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=300)
-    err = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
-    line = err.strip().splitlines()[-1]
-    assert line == f"train.py: interrupted: {INTERRUPTED_AT_ONCE}", line
-    assert len(losses(tmp_path)) == 1 and not (tmp_path / "checkpoints" / "last.pt").exists()
+def test_the_resume_command_names_torchrun_with_the_same_processes_per_node(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["/opt/repo/training/train.py"])
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command(tmp_path / "a b") == (
+        f"torchrun --nproc_per_node=4 /opt/repo/training/train.py --resume 'out_dir={tmp_path}/a b'"
+        " on each of the 2 nodes"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: the path from the repository root
+    assert resume_command(tmp_path / "run") == f"python training/train.py --resume out_dir={tmp_path}/run"
 
 
 def test_ddp_two_gloo_processes_equal_one_process_and_accumulation(rooms, tmp_path):

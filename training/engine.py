@@ -28,6 +28,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -52,7 +53,7 @@ from rgbd_seg_ros.pipeline import Segmenter
 from rgbd_seg_ros.settings import DATASET_DEPTH_RANGES_M, DEFAULT_DEPTH_RANGE_M
 from training import data as D
 from training.config import Config
-from training.entry import Interrupted, RunError, stop_requests
+from training.entry import Interrupted, RunError, signals_ignored, stop_requests
 from training.evaluation import evaluate, protocol_from_eval_config
 from training.losses import SegmentationLoss, flatten_outputs, median_frequency_weights
 
@@ -272,6 +273,18 @@ def run_outputs(out_dir: str | Path) -> list[Path]:
     found = [out_dir / name for name in RUN_OUTPUTS if (out_dir / name).exists()]
     evals = [p for p in sorted(out_dir.glob("eval*")) if (p / "metrics.json").is_file()]
     return found + [p for p in evals if p.name == "eval" or p.name.startswith("eval_")]
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command line that continues the run in ``out_dir``: ``python`` or, under ``torchrun``, ``torchrun`` with
+    the same processes per node (a run resumed on another number of ranks is reseeded, so not bit-exact)."""
+    script = Path(sys.argv[0]) if Path(sys.argv[0]).name == "train.py" else Path("training/train.py")
+    args = f"{shlex.quote(str(script))} --resume {shlex.quote(f'out_dir={Path(out_dir).resolve()}')}"
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world == 1:
+        return f"python {args}"
+    nodes = f" on each of the {world // local} nodes" if world != local else ""
+    return f"torchrun --nproc_per_node={local} {args}{nodes}"
 
 
 def check_writable(folder: Path, setting: str) -> None:
@@ -567,24 +580,28 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=state.max_iters, initial=state.start, desc="train", unit="it", dynamic_ncols=True)
-        batches = iter(loader)
+        batches = None
         try:
             with stop_requests(announce=ctx.main) as stop_requested:
+                with signals_ignored():  # spawned workers boot (seconds) with Ctrl-C ignored; then worker_init
+                    batches = iter(loader)
                 for step in range(state.start, state.max_iters):
                     record = self._step(state, step, [next(batches) for _ in range(t_cfg.accum_steps)])
                     if progress is not None:
                         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
                         progress.update(1)
-                    self._after_step(state, step + 1, record)
-                    if step + 1 < state.max_iters and _all_sum([float(stop_requested())], ctx)[0] > 0:
+                    stopping = _all_sum([float(stop_requested())], ctx)[0] > 0  # any rank: every rank
+                    self._after_step(state, step + 1, record, stopping)
+                    if stopping:
                         self._stop(state, step + 1)
         finally:
             if progress is not None:
                 progress.close()
             del batches
 
-    def _after_step(self, state: TrainState, done: int, record: dict[str, Any]) -> None:
-        """Log the step's record; checkpoint and validate on the recipe's cadence (the last step: in _finish)."""
+    def _after_step(self, state: TrainState, done: int, record: dict[str, Any], stopping: bool = False) -> None:
+        """Log the step's record; checkpoint and validate on the recipe's cadence (the last step: in _finish;
+        ``stopping``: in :meth:`_stop`, without validation)."""
         t_cfg = self.cfg.train
         self._record(record)
         if self.ctx.main and (done % t_cfg.log_every == 0 or done == state.max_iters):
@@ -592,7 +609,7 @@ class Trainer:
             for k, v in record.items():
                 if tb is not None and k != "iter":
                     tb.add_scalar(f"train/{k}", v, done)
-        if done == state.max_iters:
+        if done == state.max_iters or stopping:
             return
         if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0:
             self._save_state(self.ckpt_path, state, done)
@@ -608,7 +625,7 @@ class Trainer:
             self.writer.close()
         raise Interrupted(
             f"stopped after step {done} of {state.max_iters}; {self.ckpt_path} holds it: continue with "
-            f"python training/train.py --resume out_dir={self.out_dir}"
+            f"{resume_command(self.out_dir)}"
         )
 
     def _finish(self, state: TrainState) -> Path:

@@ -1,5 +1,5 @@
-"""How the training scripts (``train.py``, ``evaluate.py``) end: the exit codes, one line for an expected failure
-or an interruption, a traceback only for a bug.
+"""How the training scripts (``train.py``, ``evaluate.py``) end and stop: the exit codes, one line for an expected
+failure or an interruption, a traceback only for a bug; Ctrl-C and SIGTERM as requests to stop.
 
 This module imports nothing heavy, so the scripts can report a bad command line before torch is loaded.
 """
@@ -18,6 +18,9 @@ from collections.abc import Callable, Iterator
 EXIT_BUG = 1  # an unexpected exception: a bug (the traceback is printed)
 EXIT_USAGE = 2  # bad command line, recipe or input
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, the shell's code for Ctrl-C)
+
+#: The signals that ask a run to stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class RunError(Exception):
@@ -73,7 +76,7 @@ def stop_requests(announce: bool, repeat_window_s: float = 1.0) -> Iterator[Call
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     previous = {s: handler for s, handler in previous.items() if handler is not signal.SIG_IGN}
     first: float | None = None  # time.monotonic() of the first request
 
@@ -100,6 +103,23 @@ def stop_requests(announce: bool, repeat_window_s: float = 1.0) -> Iterator[Call
         restore()
 
 
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored within the block (main thread only): processes started in it inherit that, and
+    Python leaves an inherited ignored SIGINT ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def worker_ignores_ctrl_c(_worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: a terminal's Ctrl-C reaches the workers too; the main process decides."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: a terminal's Ctrl-C, or a SIGTERM to the process group (Slurm), reaches the
+    workers too; the main process decides."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

@@ -22,7 +22,7 @@ from torch import Tensor
 from rgbd_seg_ros.frames import RGBDFrame
 from rgbd_seg_ros.metrics import ConfusionMatrix
 from rgbd_seg_ros.pipeline import Segmenter
-from training.entry import worker_ignores_ctrl_c
+from training.entry import signals_ignored, worker_ignores_ctrl_c
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,13 @@ def evaluate(
         worker_init_fn=worker_ignores_ctrl_c if num_workers else None,
         generator=torch.Generator(),  # do not draw from the global RNG (training continues after validation)
     )
+    with signals_ignored():  # workers start with Ctrl-C ignored (one arriving during a fork would be swallowed)
+        samples = iter(loader)
     if progress:
         from tqdm import tqdm
 
-        loader = tqdm(loader, total=len(indices), desc="evaluate", unit="frame", dynamic_ncols=True)
-    for sample in loader:
+        samples = tqdm(samples, total=len(indices), desc="evaluate", unit="frame", dynamic_ncols=True)
+    for sample in samples:
         pred = frame_logits(segmenter, sample.frame, protocol).argmax(1)[0].cpu().numpy()
         cm.update(pred.astype(np.int64), sample.labels.astype(np.int64))
         if len(result.examples) < num_examples and rank == 0:

@@ -12,8 +12,9 @@ continues from ``<out_dir>/checkpoints/last.pt``; without ``--config`` it reuses
 (then ``out_dir=`` must be among the overrides). An ``out_dir`` that already holds a run is refused unless
 ``--resume`` continues it or ``--force`` replaces it (exactly the run's files; other files stay).
 
-Ctrl-C or SIGTERM stops after the current step and writes ``checkpoints/last.pt``; the line it prints gives the
-command that continues the run. A second Ctrl-C (a second later or more) stops at once.
+Ctrl-C or SIGTERM during the training steps stops after the current step and writes ``checkpoints/last.pt``;
+the line it prints gives the command that continues the run. A second Ctrl-C (a second later or more) stops at
+once. See training/README.md for ``torchrun``.
 
 Exit codes: 0 trained; 2 bad command line, recipe or input (one line ``train.py: error: …`` names it; nothing
 was written); 130 interrupted (one line ``train.py: interrupted: …``); 1 an unexpected error (a bug: the
