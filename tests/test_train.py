@@ -170,6 +170,19 @@ def test_stop_requests_first_signal_asks_a_quick_repeat_is_the_same_a_later_one_
     assert restored is signal.default_int_handler
 
 
+def test_an_interrupted_run_exits_130_with_its_line_once_per_distributed_run(capsys):
+    def stopped(announce: bool):
+        def body() -> int:
+            raise entry.Interrupted("stopped after step 3 of 9", announce=announce)
+
+        return body
+
+    assert entry.guarded("train.py", stopped(True), ()) == entry.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "train.py: interrupted: stopped after step 3 of 9\n"
+    assert entry.guarded("train.py", stopped(False), ()) == entry.EXIT_INTERRUPTED  # another rank: silent
+    assert capsys.readouterr().err == ""
+
+
 def test_the_resume_command_names_torchrun_with_the_same_processes_per_node(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["/opt/repo/training/train.py"])
     monkeypatch.setenv("WORLD_SIZE", "8")

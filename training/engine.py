@@ -625,7 +625,8 @@ class Trainer:
             self.writer.close()
         raise Interrupted(
             f"stopped after step {done} of {state.max_iters}; {self.ckpt_path} holds it: continue with "
-            f"{resume_command(self.out_dir)}"
+            f"{resume_command(self.out_dir)}",
+            announce=self.ctx.main,
         )
 
     def _finish(self, state: TrainState) -> Path:

@@ -29,7 +29,12 @@ class RunError(Exception):
 
 
 class Interrupted(Exception):
-    """A run that stopped cleanly on Ctrl-C or SIGTERM; the message says what was kept and how to continue."""
+    """A run that stopped cleanly on Ctrl-C or SIGTERM; the message says what was kept and how to continue.
+    ``announce``: print it (False on all but one of a distributed run's ranks)."""
+
+    def __init__(self, message: str, announce: bool = True) -> None:
+        super().__init__(message)
+        self.announce = announce
 
 
 def error_line(prog: str, message: object, kind: str = "error") -> None:
@@ -52,7 +57,8 @@ def guarded(prog: str, body: Callable[[], int], expected: tuple[type[Exception],
         error_line(prog, exc)
         return EXIT_USAGE
     except Interrupted as exc:
-        error_line(prog, exc, "interrupted")
+        if exc.announce:
+            error_line(prog, exc, "interrupted")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         error_line(prog, interrupted or "stopped", "interrupted")
