@@ -161,7 +161,7 @@ def test_stop_requests_first_signal_asks_a_quick_repeat_is_the_same_a_later_one_
         signal.raise_signal(signal.SIGINT)  # its Python handler runs before the next line
         assert requested()
         now[0] += 0.9
-        signal.raise_signal(signal.SIGINT)  # within the window: what torchrun's forwarding looks like
+        signal.raise_signal(signal.SIGINT)  # within the window: the same request (a double press)
         assert requested()
         now[0] += 0.2
         with pytest.raises(KeyboardInterrupt):

@@ -74,7 +74,7 @@ def stop_requests(announce: bool, repeat_window_s: float = 1.0) -> Iterator[Call
     """Within the block, Ctrl-C (SIGINT) or SIGTERM asks for a stop instead of ending the process.
 
     The first signal sets the flag that the yielded function reads. A repeat within ``repeat_window_s`` seconds is
-    the same request (``torchrun`` passes the terminal's Ctrl-C on to workers that got it already); a later one
+    the same request (a double press, or a launcher passing on a signal the process got already); a later one
     acts at once, with the previous handlers back (Ctrl-C: :class:`KeyboardInterrupt`). ``announce``: write a line
     saying so. A signal the process was started to ignore (a background job's SIGINT) stays ignored. Signal
     handlers exist only in the main thread; elsewhere the flag stays False.
@@ -86,10 +86,6 @@ def stop_requests(announce: bool, repeat_window_s: float = 1.0) -> Iterator[Call
     previous = {s: handler for s, handler in previous.items() if handler is not signal.SIG_IGN}
     first: float | None = None  # time.monotonic() of the first request
 
-    def restore() -> None:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-
     def request(signum: int, _frame) -> None:
         nonlocal first
         if first is None:
@@ -98,15 +94,14 @@ def stop_requests(announce: bool, repeat_window_s: float = 1.0) -> Iterator[Call
                 line = f"\n{signal.Signals(signum).name}: stopping after this step (with a checkpoint); again: now\n"
                 os.write(sys.stderr.fileno(), line.encode())
         elif time.monotonic() - first > repeat_window_s:
-            restore()
+            _set_handlers(previous)
             signal.raise_signal(signum)
 
-    for s in previous:
-        signal.signal(s, request)
+    _set_handlers(dict.fromkeys(previous, request))
     try:
         yield lambda: first is not None
     finally:
-        restore()
+        _set_handlers(previous)
 
 
 @contextlib.contextmanager
@@ -120,8 +115,13 @@ def signals_ignored() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _set_handlers(previous)
+
+
+def _set_handlers(handlers: dict) -> None:
+    """``signal.signal`` for each (signal, handler); None (a handler set outside Python) becomes the default."""
+    for s, handler in handlers.items():
+        signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def worker_ignores_ctrl_c(_worker_id: int = 0) -> None:
