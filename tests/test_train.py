@@ -126,9 +126,10 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_hint_resumes_bit_
     full, stopped = tmp_path / "full", tmp_path / "stopped dir"  # a space: the hint must quote it
     Trainer(load_config(RECIPE, [*common, f"out_dir={full}"])).run()
 
-    # A terminal's Ctrl-C: SIGINT to the whole process group, the trainer and its DataLoader worker alike.
-    cmd = train_cmd(*common, f"out_dir={stopped}")
-    proc = start_as_from_a_terminal(cmd, child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # As a user runs it (from the repository, the script path relative), then Ctrl-C in the terminal: SIGINT to the
+    # whole process group, the trainer and its DataLoader worker alike.
+    cmd = [sys.executable, "training/train.py", *train_cmd(*common, f"out_dir={stopped}")[2:]]
+    proc = start_as_from_a_terminal(cmd, child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_steps(proc, stopped / "log.jsonl", 2)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -184,16 +185,14 @@ def test_an_interrupted_run_exits_130_with_its_line_once_per_distributed_run(cap
 
 
 def test_the_resume_command_names_torchrun_with_the_same_processes_per_node(monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["/opt/repo/training/train.py"])
+    script = shlex.quote(str(ROOT / "training" / "train.py"))  # absolute, as out_dir: works from any folder
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert resume_command(tmp_path / "a b") == (
-        f"torchrun --nproc_per_node=4 /opt/repo/training/train.py --resume 'out_dir={tmp_path}/a b'"
-        " on each of the 2 nodes"
+        f"torchrun --nproc_per_node=4 {script} --resume 'out_dir={tmp_path}/a b' on each of the 2 nodes"
     )
     monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: the path from the repository root
-    assert resume_command(tmp_path / "run") == f"python training/train.py --resume out_dir={tmp_path}/run"
+    assert resume_command(tmp_path / "run") == f"python {script} --resume out_dir={tmp_path}/run"
 
 
 def test_ddp_two_gloo_processes_equal_one_process_and_accumulation(rooms, tmp_path):

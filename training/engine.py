@@ -278,7 +278,7 @@ def run_outputs(out_dir: str | Path) -> list[Path]:
 def resume_command(out_dir: Path) -> str:
     """The command line that continues the run in ``out_dir``: ``python`` or, under ``torchrun``, ``torchrun`` with
     the same processes per node (a run resumed on another number of ranks is reseeded, so not bit-exact)."""
-    script = Path(sys.argv[0]) if Path(sys.argv[0]).name == "train.py" else Path("training/train.py")
+    script = Path(__file__).resolve().parent / "train.py"  # absolute: the command works from any folder
     args = f"{shlex.quote(str(script))} --resume {shlex.quote(f'out_dir={Path(out_dir).resolve()}')}"
     world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if world == 1:
